@@ -1,0 +1,252 @@
+"""Ignite handlers for self-supervised pretraining: logging, monitoring, progress, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from ultradino_monai.ssl import knn_classify, rankme
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "JsonlLogger",
+    "ProgressBarHandler",
+    "SSLMonitor",
+    "SamplerResume",
+    "extract_features",
+    "is_main_process",
+]
+
+
+def is_main_process() -> bool:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0
+
+
+class JsonlLogger:
+    """Append one JSON record per logged iteration to ``path`` (rank 0 only).
+
+    Each record holds ``iteration``, ``epoch`` and every scalar in ``engine.state.output``
+    (loss terms, lr, wd, momentum, teacher temperature). :class:`SSLMonitor` writes its
+    evaluation records to the same file through :meth:`write`.
+    """
+
+    def __init__(self, path: str | os.PathLike, interval: int = 10) -> None:
+        self.path = Path(path)
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self._log_iteration)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def _log_iteration(self, engine: Engine) -> None:
+        output = engine.state.output
+        if isinstance(output, dict):
+            record = {"kind": "train", "iteration": engine.state.iteration, "epoch": engine.state.epoch}
+            record.update({k: float(v) for k, v in output.items() if isinstance(v, (int, float))})
+            self.write(record)
+
+
+class ProgressBarHandler:
+    """tqdm progress bar over the run, showing the loss terms (rank 0 only)."""
+
+    def __init__(self, keys: Sequence[str] = ("loss", "dino_loss", "ibot_loss", "koleo_loss")) -> None:
+        self.keys = tuple(keys)
+
+    def attach(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        from ignite.handlers import ProgressBar
+
+        keys = self.keys
+
+        def transform(output):
+            return {k: output[k] for k in keys if isinstance(output, dict) and k in output}
+
+        ProgressBar(persist=True).attach(engine, output_transform=transform)
+
+
+class SamplerResume:
+    """Advance an :class:`~ultradino_monai.data.sampling.InfiniteSeededSampler` to the restored iteration.
+
+    Attach *after* the checkpoint loader: at ``STARTED`` the trainer state already holds the
+    resumed iteration, and the data loader iterator has not been created yet.
+    """
+
+    def __init__(self, sampler, batch_size: int) -> None:
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.sampler.set_start(engine.state.iteration * self.batch_size)
+        if engine.state.iteration:
+            logger.info("resuming the sample stream at iteration %d", engine.state.iteration)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    loader,
+    device: torch.device | str,
+    image_key: str = "image",
+    label_key: str = "label",
+    amp: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Embed every batch of ``loader`` with ``backbone`` in eval mode.
+
+    Returns ``cls`` [N,D] (normed CLS token), ``avgpool`` [N,D] (mean of normed patch tokens,
+    registers excluded) and ``labels`` [N].
+    """
+    was_training = backbone.training
+    backbone.eval()
+    device = torch.device(device)
+    cls, pooled, labels = [], [], []
+    for batch in loader:
+        images = batch[image_key].to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            features = backbone.forward_features(images)
+        cls.append(features["x_norm_clstoken"].float().cpu())
+        pooled.append(features["x_norm_patchtokens"].float().mean(dim=1).cpu())
+        labels.append(torch.as_tensor(batch[label_key]).reshape(-1).long().cpu())
+    backbone.train(was_training)
+    return {"cls": torch.cat(cls), "avgpool": torch.cat(pooled), "labels": torch.cat(labels)}
+
+
+def knn_scores(bank: dict[str, torch.Tensor], queries: dict[str, torch.Tensor], num_classes: int,
+               k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    """kNN top-1 accuracy (%) of the CLS and the average-pooled patch features."""
+    scores = {}
+    for kind in ("cls", "avgpool"):
+        predictions = knn_classify(
+            bank[kind], bank["labels"], queries[kind], k=min(k, len(bank["labels"])),
+            temperature=temperature, num_classes=num_classes,
+        )
+        scores[kind] = 100.0 * float((predictions == queries["labels"]).float().mean())
+    return scores
+
+
+class SSLMonitor:
+    """Every ``interval`` iterations: teacher kNN accuracy, RankMe and collapse diagnostics.
+
+    kNN follows DINO (k=20, cosine similarity, votes weighted by exp(sim/T), T=0.07) with the
+    labelled ``bank_loader`` as memory and ``query_loader`` as queries. RankMe is computed on
+    the query CLS embeddings. ``feature_std`` is the mean per-dimension std of the
+    L2-normalised teacher CLS: near 0 means the embedding collapsed to a constant.
+    Results go to TensorBoard (if ``summary_writer`` is given), to ``jsonl`` and to the log.
+
+    ``reference`` is an optional random-init backbone of the same architecture, scored once
+    at the start so the run log always shows the "beats random init" comparison.
+    """
+
+    def __init__(
+        self,
+        backbone_getter: Callable[[], nn.Module],
+        bank_loader,
+        query_loader,
+        num_classes: int,
+        interval: int,
+        device: torch.device | str,
+        jsonl: JsonlLogger | None = None,
+        summary_writer=None,
+        reference: nn.Module | None = None,
+        k: int = 20,
+        temperature: float = 0.07,
+        amp: bool = False,
+    ) -> None:
+        self.backbone_getter = backbone_getter
+        self.bank_loader = bank_loader
+        self.query_loader = query_loader
+        self.num_classes = int(num_classes)
+        self.interval = max(1, int(interval))
+        self.device = device
+        self.jsonl = jsonl
+        self.summary_writer = summary_writer
+        self.reference = reference
+        self.k = k
+        self.temperature = temperature
+        self.amp = amp
+        self.history: list[dict[str, Any]] = []
+        self.reference_scores: dict[str, float] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        engine.add_event_handler(Events.STARTED, self._score_reference)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self._final)
+
+    def evaluate(self, backbone: nn.Module) -> dict[str, float]:
+        backbone_device = next(backbone.parameters()).device
+        bank = extract_features(backbone, self.bank_loader, backbone_device, amp=self.amp)
+        queries = extract_features(backbone, self.query_loader, backbone_device, amp=self.amp)
+        scores = knn_scores(bank, queries, self.num_classes, self.k, self.temperature)
+        normalised = torch.nn.functional.normalize(queries["cls"], dim=-1)
+        return {
+            "knn_cls": scores["cls"],
+            "knn_avgpool": scores["avgpool"],
+            "rankme_cls": float(rankme(queries["cls"])),
+            "rankme_avgpool": float(rankme(queries["avgpool"])),
+            "feature_std": float(normalised.std(dim=0).mean()),
+        }
+
+    def _score_reference(self, engine: Engine) -> None:
+        if self.reference is None or self.reference_scores is not None:
+            return
+        self.reference_scores = self.evaluate(self.reference)
+        logger.info(
+            "random-init reference: kNN CLS %.1f%%, kNN avgpool %.1f%%",
+            self.reference_scores["knn_cls"], self.reference_scores["knn_avgpool"],
+        )
+        if self.jsonl is not None:
+            self.jsonl.write({"kind": "reference", "iteration": engine.state.iteration, **self.reference_scores})
+
+    def __call__(self, engine: Engine) -> None:
+        scores = self.evaluate(self.backbone_getter())
+        output = engine.state.output if isinstance(engine.state.output, dict) else {}
+        if "koleo_loss" in output or "dino_loss" in output:
+            scores["dino_loss"] = float(output.get("dino_loss", math.nan))
+        record = {"kind": "eval", "iteration": engine.state.iteration, "epoch": engine.state.epoch, **scores}
+        self.history.append(record)
+        logger.info(
+            "iteration %d: teacher kNN CLS %.1f%%, avgpool %.1f%%, RankMe %.1f, feature std %.4f",
+            engine.state.iteration, scores["knn_cls"], scores["knn_avgpool"], scores["rankme_cls"],
+            scores["feature_std"],
+        )
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+        if self.summary_writer is not None:
+            for name, value in scores.items():
+                self.summary_writer.add_scalar(f"eval/{name}", value, engine.state.iteration)
+            self.summary_writer.flush()
+
+    def _final(self, engine: Engine) -> None:
+        if not self.history or self.history[-1]["iteration"] != engine.state.iteration:
+            self(engine)
+        final = self.history[-1]
+        if self.reference_scores is not None:
+            best_reference = max(self.reference_scores["knn_cls"], self.reference_scores["knn_avgpool"])
+            logger.info(
+                "kNN plane accuracy: pretrained teacher CLS %.1f%% vs random init %.1f%% "
+                "(best of CLS %.1f%% / avgpool %.1f%%): %+.1f points",
+                final["knn_cls"], best_reference, self.reference_scores["knn_cls"],
+                self.reference_scores["knn_avgpool"], final["knn_cls"] - best_reference,
+            )

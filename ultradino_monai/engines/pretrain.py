@@ -1,0 +1,284 @@
+"""Builders the pretrain bundle's configs call: models, optimiser, data, demo data, export.
+
+Each function does one thing so ``bundles/pretrain/configs/train.json`` reads like the recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+from torch import nn
+
+from ultradino_monai.data.datalist import load_datalist, read_datalist
+from ultradino_monai.data.sampling import InfiniteSeededSampler, SeededTransformDataset
+from ultradino_monai.engines.handlers import is_main_process
+from ultradino_monai.networks.checkpoints import save_backbone
+from ultradino_monai.networks.dino_model import DinoModel
+from ultradino_monai.ssl import MultiCropMaskCollate, fuse_params_groups, get_params_groups_with_decay
+from ultradino_monai.ssl.masking import collate_multicrop_with_masks
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SampleSeededMaskCollate",
+    "as_bool",
+    "configure_run",
+    "is_main_process",
+    "load_checkpoint",
+    "prepare_pretraining_data",
+    "report_outputs",
+    "build_optimizer",
+    "export_teacher_backbone",
+    "labelled_loader",
+    "latest_checkpoint",
+    "make_teacher",
+    "pretrain_dataloader",
+    "prepare_demo_archive",
+]
+
+DEMO_SECRET = "ultradino-demo-key: synthetic data only, never use for patient data\n"
+
+
+def as_bool(value: Any) -> bool:
+    """Interpret a CLI value: python-fire passes ``true``/``false`` as strings."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", "none", ""):
+            return False
+        raise ValueError(f"expected a boolean (true/false), got {value!r}")
+    return bool(value)
+
+
+def make_teacher(student: DinoModel) -> DinoModel:
+    """The teacher starts as an exact copy of the student, frozen and in eval mode (recipe §2.2)."""
+    teacher = copy.deepcopy(student)
+    teacher.eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+def build_optimizer(
+    student: nn.Module,
+    lr_decay_rate: float = 0.9,
+    patch_embed_lr_mult: float = 0.2,
+    betas: Sequence[float] = (0.9, 0.999),
+) -> torch.optim.AdamW:
+    """AdamW over DINOv2 parameter groups (layer-wise lr decay, no wd on bias/norm/gamma; §2.3).
+
+    The group lr and wd are placeholders: the trainer writes ``schedule × multiplier`` into
+    every group at the start of each iteration.
+    """
+    module = student.module if isinstance(student, nn.parallel.DistributedDataParallel) else student
+    num_layers = len(module.backbone.blocks)
+    groups = get_params_groups_with_decay(
+        module, lr_decay_rate=lr_decay_rate, patch_embed_lr_mult=patch_embed_lr_mult, num_layers=num_layers
+    )
+    groups = fuse_params_groups(groups)
+    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=tuple(betas))
+
+
+class SampleSeededMaskCollate(MultiCropMaskCollate):
+    """:class:`MultiCropMaskCollate` whose masks are seeded by the samples' own seeds.
+
+    The samples come from :class:`~ultradino_monai.data.sampling.SeededTransformDataset`, so
+    each carries the seed of its stream position. Drawing the masks from those seeds makes
+    them independent of the worker count and lets a resumed run redraw exactly the masks of
+    an uninterrupted one.
+    """
+
+    def __call__(self, samples):
+        seeds = [int(sample["seed"]) for sample in samples]
+        return collate_multicrop_with_masks(
+            samples,
+            mask_ratio_tuple=self.mask_ratio,
+            mask_probability=self.mask_probability,
+            n_tokens=self.n_tokens,
+            mask_generator=self.mask_generator,
+            generator=np.random.default_rng([self.seed, *seeds]),
+        )
+
+
+def pretrain_dataloader(
+    datalist: str | os.PathLike,
+    preprocessing,
+    multicrop,
+    batch_size: int,
+    n_tokens: int,
+    seed: int = 0,
+    num_workers: int = 0,
+    cache_rate: float = 0.0,
+    mask_ratio: Sequence[float] = (0.1, 0.5),
+    mask_probability: float = 0.5,
+    section: str = "training",
+) -> DataLoader:
+    """Endless multi-crop loader over the ``section`` images of a datalist.
+
+    Args:
+        datalist: a datalist JSON (e.g. the ``datalist.json`` written by ``data_prep.ingest``).
+        preprocessing: deterministic MONAI transform (load, single channel, [0,1]).
+        multicrop: a ``Randomizable`` multi-crop transform (``global_0``, ``local_0``...).
+        batch_size: images per process and iteration.
+        n_tokens: patch tokens per global crop (for the iBOT masks).
+        seed: seed of the sample stream, the crops and the masks.
+        num_workers: data-loading processes (results do not depend on it).
+        cache_rate: fraction of the preprocessed images kept in memory (1.0 for small data).
+        mask_ratio, mask_probability: iBOT masking (§2.5).
+    """
+    items = load_datalist(datalist, section)
+    if not items:
+        raise ValueError(f"{datalist}: section {section!r} is empty; nothing to pretrain on")
+    if cache_rate > 0:
+        base = CacheDataset(items, transform=preprocessing, cache_rate=cache_rate, num_workers=None, progress=False)
+    else:
+        base = Dataset(items, transform=preprocessing)
+    dataset = SeededTransformDataset(base, multicrop)
+    sampler = InfiniteSeededSampler(len(items), seed=seed)
+    rank_seed = seed + sampler.rank
+    collate = SampleSeededMaskCollate(
+        n_tokens=n_tokens, mask_ratio=tuple(mask_ratio), mask_probability=mask_probability, seed=rank_seed
+    )
+    logger.info("pretraining on %d images from %s (batch %d per process)", len(items), datalist, batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def labelled_loader(
+    datalist: str | os.PathLike,
+    section: str,
+    preprocessing,
+    batch_size: int = 64,
+) -> DataLoader:
+    """Deterministic loader of a labelled datalist section (kNN monitoring, linear probes)."""
+    items = load_datalist(datalist, section)
+    if not items:
+        raise ValueError(f"{datalist}: section {section!r} is empty")
+    return DataLoader(Dataset(items, transform=preprocessing), batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def num_classes_of(datalist: str | os.PathLike) -> int:
+    """Number of classes of a classification datalist (its top-level ``classes`` list)."""
+    classes = read_datalist(datalist).get("classes")
+    if not classes:
+        raise ValueError(f"{datalist}: no top-level 'classes' list; kNN monitoring needs a labelled datalist")
+    return len(classes)
+
+
+def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Make sure the demo pretraining data exists: synthetic DICOM archive → ingestion.
+
+    Generates ``demo_dir`` with :func:`data_prep.demo.generate_demo` if it is incomplete and
+    ingests ``demo_dir/archive`` into ``dataset_dir`` with :mod:`data_prep.ingest` (using a
+    fixed demo key written next to the archive). Both steps skip work that is already done.
+    Returns the datalist path.
+    """
+    from data_prep.demo import generate_demo
+    from data_prep.ingest import ingest_archive
+
+    demo_dir, dataset_dir = Path(demo_dir), Path(dataset_dir)
+    generate_demo(demo_dir, seed=seed)
+    secret = demo_dir / "demo_secret.key"
+    if not secret.exists():
+        secret.write_text(DEMO_SECRET)
+    datalist = dataset_dir / "datalist.json"
+    report = dataset_dir / "report.json"
+    if not (datalist.exists() and report.exists()):
+        logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
+        ingest_archive(demo_dir / "archive", dataset_dir, secret_file=secret)
+    return datalist
+
+
+_CHECKPOINT_PATTERN = re.compile(r"^checkpoint\D*?(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """Path of the checkpoint with the highest iteration in ``ckpt_dir``; a clear error if none."""
+    candidates = []
+    for path in glob.glob(os.path.join(str(ckpt_dir), "*.pt")):
+        match = _CHECKPOINT_PATTERN.search(os.path.basename(path))
+        if match:
+            candidates.append((int(match.group(1)), path))
+    if not candidates:
+        raise FileNotFoundError(
+            f"--resume was given but {ckpt_dir} holds no checkpoint_*<iteration>.pt; start without --resume"
+        )
+    return max(candidates)[1]
+
+
+def export_teacher_backbone(teacher: DinoModel, path: str | os.PathLike, mean: Sequence[float],
+                            std: Sequence[float], extra_info: dict | None = None) -> str:
+    """Write the teacher backbone per DESIGN contract 4 (``backbone.pt`` + ``backbone.json``)."""
+    info = {"mean": list(mean), "std": list(std), "source": "ultradino-monai pretrain bundle"}
+    if extra_info:
+        info.update(extra_info)
+    save_backbone(teacher.backbone, path, extra_info=info)
+    logger.info("exported the teacher backbone to %s", path)
+    return str(path)
+
+
+def configure_run(seed: int = 0, deterministic: bool | str = False) -> None:
+    """Seed everything; with ``deterministic`` also force deterministic kernels (bit-identical CPU runs)."""
+    from monai.utils import set_determinism
+
+    deterministic = as_bool(deterministic)
+    set_determinism(seed=int(seed), use_deterministic_algorithms=deterministic)
+    if deterministic:
+        # cuBLAS needs this for deterministic matmuls on GPU; harmless on CPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    logger.info("seed %d, deterministic algorithms %s", seed, "on" if deterministic else "off")
+
+
+def prepare_pretraining_data(dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Return ``dataset_dir/datalist.json``, creating the demo data first when ``dataset_dir`` is the demo default.
+
+    A real archive must be ingested beforehand with ``python -m data_prep.ingest``; a missing
+    datalist there is an error that says so.
+    """
+    dataset_dir, demo_dir = Path(dataset_dir), Path(demo_dir)
+    datalist = dataset_dir / "datalist.json"
+    is_demo = dataset_dir.resolve() == (demo_dir / "ingested").resolve()
+    if is_demo:
+        return str(prepare_demo_archive(demo_dir, dataset_dir, seed=seed))
+    if not datalist.is_file():
+        raise FileNotFoundError(
+            f"{datalist} not found. Ingest the DICOM archive first: "
+            f"python -m data_prep.ingest ARCHIVE {dataset_dir} --secret-file KEYFILE"
+        )
+    return str(datalist)
+
+
+def load_checkpoint(path: str | os.PathLike, objects: dict[str, Any], device: torch.device | str = "cpu") -> None:
+    """Load the named entries of a training checkpoint into ``objects`` (strict)."""
+    from ignite.handlers import Checkpoint
+
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+    logger.info("loaded %s from %s", ", ".join(objects), path)
+
+
+def report_outputs(output_dir: str | os.PathLike, export_path: str | os.PathLike) -> None:
+    """Tell the user where the run wrote its outputs (rank 0)."""
+    if is_main_process():
+        logger.info(
+            "outputs: checkpoints, TensorBoard logs and metrics.jsonl in %s; teacher backbone in %s (+ %s)",
+            output_dir, export_path, Path(export_path).with_suffix(".json"),
+        )
