@@ -35,6 +35,8 @@ __all__ = [
     "configure_run",
     "is_main_process",
     "load_checkpoint",
+    "epoch_length_for",
+    "per_device_batch_size",
     "prepare_pretraining_data",
     "report_outputs",
     "build_optimizer",
@@ -63,6 +65,8 @@ def as_bool(value: Any) -> bool:
 
 def make_teacher(student: DinoModel) -> DinoModel:
     """The teacher starts as an exact copy of the student, frozen and in eval mode (recipe §2.2)."""
+    if isinstance(student, nn.parallel.DistributedDataParallel):
+        student = student.module
     teacher = copy.deepcopy(student)
     teacher.eval()
     for parameter in teacher.parameters():
@@ -226,12 +230,10 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
 
 def export_teacher_backbone(teacher: DinoModel, path: str | os.PathLike, mean: Sequence[float],
                             std: Sequence[float], extra_info: dict | None = None) -> str:
-    """Write the teacher backbone per DESIGN contract 4 (``backbone.pt`` + ``backbone.json``)."""
-    info = {"mean": list(mean), "std": list(std), "source": "ultradino-monai pretrain bundle"}
-    if extra_info:
-        info.update(extra_info)
-    save_backbone(teacher.backbone, path, extra_info=info)
-    logger.info("exported the teacher backbone to %s", path)
+    """Write the teacher backbone per DESIGN contract 4 (``backbone.pt`` + ``backbone.json``), rank 0 only."""
+    if is_main_process():
+        save_backbone(teacher.backbone, path, extra_info=extra_info, mean=list(mean), std=list(std))
+        logger.info("exported the teacher backbone to %s", path)
     return str(path)
 
 
@@ -282,3 +284,22 @@ def report_outputs(output_dir: str | os.PathLike, export_path: str | os.PathLike
             "outputs: checkpoints, TensorBoard logs and metrics.jsonl in %s; teacher backbone in %s (+ %s)",
             output_dir, export_path, Path(export_path).with_suffix(".json"),
         )
+
+
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Images per process: the configured batch is the *global* batch over all processes."""
+    global_batch_size, world_size = int(global_batch_size), int(world_size)
+    if global_batch_size % world_size:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by the {world_size} processes; "
+            "choose a multiple of the number of GPUs"
+        )
+    return global_batch_size // world_size
+
+
+def epoch_length_for(datalist: str | os.PathLike, global_batch_size: int, section: str = "training") -> int:
+    """Iterations in one pass over the datalist at the global batch size (the paper's "epoch")."""
+    items = read_datalist(datalist).get(section, [])
+    if not items:
+        raise ValueError(f"{datalist}: section {section!r} is empty")
+    return max(1, len(items) // int(global_batch_size))
