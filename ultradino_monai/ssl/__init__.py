@@ -1,0 +1,43 @@
+"""DINOv2-style self-supervised pretraining pieces (losses, masking, schedules, EMA, monitors).
+
+Pure library code; the ignite engine in ``ultradino_monai.engines`` wires them together.
+The projection head lives in :mod:`ultradino_monai.networks.heads`.
+"""
+
+from .centering import CenteredTeacherLoss, sinkhorn_knopp
+from .dino_clstoken_loss import DINOLoss, soft_cross_entropy
+from .ibot_patch_loss import iBOTPatchLoss, masks_weight_from_masks
+from .knn import knn_accuracy, knn_classify
+from .koleo_loss import KoLeoLoss
+from .masking import MaskingGenerator, MultiCropMaskCollate, collate_multicrop_with_masks
+from .param_groups import apply_optim_scheduler, fuse_params_groups, get_params_groups_with_decay, layer_id_for_name
+from .rankme import rankme
+from .schedules import DinoSchedules, build_dino_schedules, cosine_schedule, linear_warmup_then_constant, scaled_lr
+from .teacher import unwrap_model, update_ema
+
+__all__ = [
+    "CenteredTeacherLoss",
+    "sinkhorn_knopp",
+    "DINOLoss",
+    "soft_cross_entropy",
+    "iBOTPatchLoss",
+    "masks_weight_from_masks",
+    "KoLeoLoss",
+    "MaskingGenerator",
+    "MultiCropMaskCollate",
+    "collate_multicrop_with_masks",
+    "get_params_groups_with_decay",
+    "fuse_params_groups",
+    "apply_optim_scheduler",
+    "layer_id_for_name",
+    "cosine_schedule",
+    "linear_warmup_then_constant",
+    "scaled_lr",
+    "DinoSchedules",
+    "build_dino_schedules",
+    "update_ema",
+    "unwrap_model",
+    "rankme",
+    "knn_classify",
+    "knn_accuracy",
+]
