@@ -147,7 +147,9 @@ _BACKBONE_HEAD = re.compile(r"^(head|pre_logits)\.")
 _CHUNKED_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 _LAYER_SCALE = re.compile(r"^(blocks\.\d+)\.gamma_([12])$")
-_VIT_OVERRIDES = ("num_heads", "embed_dim", "depth", "mlp_ratio", "drop_path_uniform", "interpolate_offset", "interpolate_antialias")
+_VIT_OVERRIDES = (
+    "num_heads", "embed_dim", "depth", "mlp_ratio", "drop_path_uniform", "interpolate_offset", "interpolate_antialias",
+)
 _BEIT_OVERRIDES = ("num_heads", "embed_dim", "depth", "mlp_ratio", "drop_path_uniform")
 _HEAD_WIDTH = 64  # every DINOv2 / iBOT / timm ViT-S/B/L uses 64-wide attention heads
 
@@ -358,11 +360,16 @@ def _read_file(path: Path, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if not trust_pickle:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(
-                f"{path}: the file pickles Python objects that weights_only loading refuses ({error}). "
-                "If the file comes from a source you trust, pass trust_pickle=True."
+                f"{path}: weights_only loading refused the file: it pickles Python objects (e.g. training "
+                f"args) or is not a PyTorch checkpoint ({first_line}). If the file comes from a source you "
+                "trust, pass trust_pickle=True."
             ) from error
-        logger.warning("%s: loading with weights_only=False (trust_pickle=True)", path)
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    logger.warning("%s: loading with weights_only=False (trust_pickle=True)", path)
+    try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
@@ -586,7 +593,8 @@ def _count_blocks(state: Mapping[str, torch.Tensor], path: Path) -> int:
         raise CheckpointError(f"{path}: no transformer blocks (blocks.i.*) in the checkpoint")
     depth = max(indices) + 1
     if indices != set(range(depth)):
-        raise CheckpointError(f"{path}: block indices are not contiguous: missing {sorted(set(range(depth)) - indices)}")
+        missing = sorted(set(range(depth)) - indices)
+        raise CheckpointError(f"{path}: block indices are not contiguous: missing {missing}")
     return depth
 
 
@@ -629,14 +637,21 @@ def _fold_pos_embed(
 def _check_sidecar_geometry(
     sidecar: dict, embed_dim: int, depth: int, patch_size: int, chans: int, registers: int, path: Path
 ) -> None:
-    found = {"embed_dim": embed_dim, "depth": depth, "patch_size": patch_size, "in_chans": chans, "num_register_tokens": registers}
+    found = {
+        "embed_dim": embed_dim, "depth": depth, "patch_size": patch_size, "in_chans": chans,
+        "num_register_tokens": registers,
+    }
     conflicts = {key: (sidecar[key], value) for key, value in found.items() if sidecar[key] != value}
     if conflicts:
         raise CheckpointError(f"{path}: sidecar disagrees with the weights (sidecar, weights): {conflicts}")
 
 
 def _check_fixed_geometry(overrides: dict[str, Any], found: dict[str, Any], path: Path) -> None:
-    conflicts = {key: (overrides[key], value) for key, value in found.items() if key in overrides and not math.isclose(overrides[key], value)}
+    conflicts = {
+        key: (overrides[key], value)
+        for key, value in found.items()
+        if key in overrides and not math.isclose(overrides[key], value)
+    }
     if conflicts:
         raise CheckpointError(f"{path}: requested geometry contradicts the checkpoint (requested, file): {conflicts}")
 
@@ -660,7 +675,9 @@ def _resolve_num_heads(
     elif arch is not None:
         heads = ARCHS[arch]["num_heads"]
     else:
-        canonical = [dims["num_heads"] for dims in ARCHS.values() if (dims["embed_dim"], dims["depth"]) == (embed_dim, depth)]
+        canonical = [
+            dims["num_heads"] for dims in ARCHS.values() if (dims["embed_dim"], dims["depth"]) == (embed_dim, depth)
+        ]
         if canonical:
             heads = canonical[0]
         elif embed_dim % _HEAD_WIDTH == 0:
@@ -711,7 +728,9 @@ def _load_beit(
 ) -> tuple[BeitBackbone, tuple[float, ...], tuple[float, ...]]:
     _check_overrides(overrides, _BEIT_OVERRIDES, path)
     if num_register_tokens:
-        raise CheckpointError(f"{path}: USFM/BEiT backbones have no register tokens (num_register_tokens={num_register_tokens})")
+        raise CheckpointError(
+            f"{path}: USFM/BEiT backbones have no register tokens (num_register_tokens={num_register_tokens})"
+        )
     state: dict[str, torch.Tensor] = {}
     index_buffers: dict[str, torch.Tensor] = {}
     for key, value in backbone.items():
@@ -745,9 +764,14 @@ def _load_beit(
         heads_from_file = None
         file_grid = None
     _check_fixed_geometry(overrides, {"embed_dim": embed_dim, "depth": depth}, path)
-    num_heads = int(overrides.get("num_heads", heads_from_file or _resolve_num_heads({}, None, None, embed_dim, depth, path)))
+    if "num_heads" in overrides:
+        num_heads = int(overrides["num_heads"])
+    else:
+        num_heads = heads_from_file or _resolve_num_heads({}, None, None, embed_dim, depth, path)
     if heads_from_file is not None and num_heads != heads_from_file:
-        raise CheckpointError(f"{path}: num_heads={num_heads} but the relative position table has {heads_from_file} heads")
+        raise CheckpointError(
+            f"{path}: num_heads={num_heads} but the relative position table has {heads_from_file} heads"
+        )
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
     has_layer_scale = "blocks.0.gamma_1" in state
 
@@ -780,16 +804,22 @@ def _load_beit(
     if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=target, num_prefix_tokens=1)
         resized = True
-    # relative_position_index buffers are a deterministic function of the grid: check the file's
-    # copy against the generated one (a different indexing would scramble the table), then use ours.
+    # relative_position_index buffers are a deterministic function of the grid. The file's copy must
+    # equal the one the model generates (a different indexing would scramble the bias table); it is
+    # loaded when the grid is unchanged, and regenerated (rule generated-buffer) when the grid changed
+    # or the buffer is not persistent in timm (per-block indices).
     own_buffers = dict(model.named_buffers())
+    persistent = set(model.state_dict())
     for key, value in index_buffers.items():
         if key not in own_buffers:
             raise CheckpointError(f"{path}: unexpected buffer {key!r} for this BEiT configuration")
         if not resized and not torch.equal(value.to(own_buffers[key].dtype), own_buffers[key]):
             raise CheckpointError(f"{path}: {key} differs from the standard BEiT relative position index")
-        info["dropped"].setdefault("generated-buffer", []).append(key)
-    generated = tuple(key for key in own_buffers if key.endswith("relative_position_index")) + ("mask_token",)
+        if resized or key not in persistent:
+            info["dropped"].setdefault("generated-buffer", []).append(key)
+        else:
+            state[key] = value.to(own_buffers[key].dtype)
+    generated = tuple(key for key in persistent if key.endswith("relative_position_index")) + ("mask_token",)
     _strict_load(model, state, info, path, generated=generated)
     info.update(
         arch=model.arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size,
@@ -804,7 +834,9 @@ def _load_beit(
 def _check_overrides(overrides: dict[str, Any], allowed: tuple[str, ...], path: Path) -> None:
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        raise CheckpointError(f"{path}: unsupported override(s) {unknown} when loading a checkpoint; allowed: {list(allowed)}")
+        raise CheckpointError(
+            f"{path}: unsupported override(s) {unknown} when loading a checkpoint; allowed: {list(allowed)}"
+        )
 
 
 def _resolve_normalisation(

@@ -228,7 +228,9 @@ class DinoVisionTransformer(VisionTransformer):
             antialias=self.interpolate_antialias,
         )
         if tuple(grid.shape[-2:]) != (grid_h, grid_w):
-            raise RuntimeError(f"position-embedding interpolation gave {tuple(grid.shape[-2:])}, wanted {(grid_h, grid_w)}")
+            raise RuntimeError(
+                f"position-embedding interpolation gave {tuple(grid.shape[-2:])}, wanted {(grid_h, grid_w)}"
+            )
         return grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim).to(self.pos_embed.dtype)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,7 +273,9 @@ class DinoVisionTransformer(VisionTransformer):
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 
-    def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, Any]:  # type: ignore[override]
+    def forward_features(  # type: ignore[override]
+        self, x: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Run the backbone.
 
         Args:
@@ -406,7 +410,9 @@ def build_vit(
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     unknown = sorted(set(overrides) - set(_OVERRIDABLE))
     if unknown:
-        raise TypeError(f"build_vit() got unexpected keyword argument(s) {unknown}; allowed overrides: {list(_OVERRIDABLE)}")
+        raise TypeError(
+            f"build_vit() got unexpected keyword argument(s) {unknown}; allowed overrides: {list(_OVERRIDABLE)}"
+        )
     kwargs: dict[str, Any] = dict(ARCHS[arch])
     kwargs.update(overrides)
     model = DinoVisionTransformer(
@@ -515,7 +521,10 @@ class BeitBackbone(Beit):
         x = self.patch_embed(x)  # [B, N, D]
         if masks is not None:
             if masks.dtype != torch.bool or masks.shape[0] != x.shape[0] or masks.numel() != x.shape[0] * x.shape[1]:
-                raise ValueError(f"masks must be bool [B, N] = [{x.shape[0]}, {x.shape[1]}], got {masks.dtype} {tuple(masks.shape)}")
+                raise ValueError(
+                    f"masks must be bool [B, N] = [{x.shape[0]}, {x.shape[1]}], "
+                    f"got {masks.dtype} {tuple(masks.shape)}"
+                )
             x = torch.where(masks.reshape(x.shape[0], x.shape[1], 1), self.mask_token.to(x.dtype).unsqueeze(0), x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if self.pos_embed is not None:
@@ -525,7 +534,9 @@ class BeitBackbone(Beit):
     def _shared_bias(self) -> torch.Tensor | None:
         return self.rel_pos_bias() if self.rel_pos_bias is not None else None
 
-    def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, Any]:  # type: ignore[override]
+    def forward_features(  # type: ignore[override]
+        self, x: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Same contract as :meth:`DinoVisionTransformer.forward_features` (R = 0)."""
         x = self.prepare_tokens(x, masks)
         bias = self._shared_bias()
