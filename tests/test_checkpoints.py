@@ -312,7 +312,8 @@ def test_ibot_full_training_checkpoint(tmp_path):
 def test_usfm_layout_matches_timm_beit(tmp_path):
     state = usfm_state(grid=2)
     path = save(state, tmp_path / "USFM_latest.pth")
-    loaded = load_backbone(path, in_chans=3, img_size=32)
+    loaded = load_backbone(path, in_chans=3, img_size=None)
+    assert loaded.model.img_size == (32, 32)
     assert loaded.source == "usfm" and (loaded.mean, loaded.std) == (IMAGENET_MEAN, IMAGENET_STD)
     model = loaded.model
     assert isinstance(model, BeitBackbone) and model.num_register_tokens == 0 and model.num_heads == HEADS
@@ -484,8 +485,9 @@ def test_save_load_roundtrip_is_exact(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert set(raw) == set(model.state_dict())  # a plain state dict in timm key names
 
-    loaded = load_backbone(path, img_size=32)
+    loaded = load_backbone(path, img_size=None)  # None: the file's own 2x2 grid, i.e. 32 px
     assert loaded.source == "ultradino" and loaded.info["detected_by"].startswith("sidecar")
+    assert loaded.info["grid"] == [2, 2] and not loaded.info["pos_embed_resampled"]
     assert (loaded.mean, loaded.std) == (FUS_MEAN, FUS_STD)
     assert loaded.info["dropped"] == {} and loaded.info["initialised"] == {}
     for key, value in model.state_dict().items():

@@ -57,7 +57,8 @@ from ``overrides``, the sidecar, ``arch``, the canonical arch with those dims, o
 head width of every DINOv2/iBOT/timm ViT-S/B/L). An ``arch`` or override that contradicts
 the file is an error.
 
-**Resolution.** When the file's patch grid differs from ``img_size // patch_size`` the
+**Resolution.** ``img_size=None`` keeps the file's own grid. When the file's patch grid
+differs from ``img_size // patch_size`` the
 position embedding is resampled with timm's ``resample_abs_pos_embed`` (bicubic,
 antialias, as timm's ``checkpoint_filter_fn``); BEiT/USFM relative-bias tables with
 timm's ``resize_rel_pos_bias_table``.
@@ -254,7 +255,7 @@ def load_backbone(
     source: str = "auto",
     arch: str | None = None,
     in_chans: int = 1,
-    img_size: int = 224,
+    img_size: int | None = 224,
     drop_path_rate: float = 0.0,
     num_register_tokens: int | None = None,
     *,
@@ -272,7 +273,9 @@ def load_backbone(
         arch: expected arch name (:data:`~ultradino_monai.networks.vit.ARCHS`); checked
             against the file. Also supplies ``num_heads``.
         in_chans: model input channels; 1 ↔ 3 adaptation of the patch embedding is automatic.
-        img_size: image side the position embedding is stored for (resampled if needed).
+        img_size: image side the position embedding is stored for (resampled if the file's
+            grid differs); ``None`` keeps the file's grid (e.g. a 64-px demo export). Inputs of
+            other sizes still work at run time through interpolation, except for USFM/BEiT.
         drop_path_rate: stochastic depth for fine-tuning (uniform unless
             ``drop_path_uniform=False`` is passed in ``overrides``).
         num_register_tokens: ``None`` keeps the file's; ``0`` drops them.
@@ -291,7 +294,7 @@ def load_backbone(
     if in_chans not in (1, 3):
         raise CheckpointError(f"in_chans must be 1 or 3, got {in_chans}")
     if checkpoint is None:
-        return _scratch(arch, in_chans, img_size, drop_path_rate, num_register_tokens, mean, std, overrides)
+        return _scratch(arch, in_chans, 224 if img_size is None else img_size, drop_path_rate, num_register_tokens, mean, std, overrides)
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -487,7 +490,7 @@ def _load_vit(
     sidecar: dict | None,
     arch: str | None,
     in_chans: int,
-    img_size: int,
+    img_size: int | None,
     drop_path_rate: float,
     num_register_tokens: int | None,
     mean: Any,
@@ -523,6 +526,10 @@ def _load_vit(
     file_mean, file_std = _source_normalisation(source, file_chans, sidecar, mean, std, path)
     mean_t, std_t = _adapt_channels(state, "patch_embed.proj", file_chans, in_chans, file_mean, file_std, info, path)
 
+    if img_size is None:
+        img_size = grid[0] * patch_size
+        if grid[0] != grid[1]:
+            raise CheckpointError(f"{path}: the file's grid {grid} is not square; pass img_size")
     target = (img_size // patch_size, img_size // patch_size)
     if img_size % patch_size:
         raise CheckpointError(f"img_size {img_size} is not divisible by the checkpoint's patch size {patch_size}")
@@ -719,7 +726,7 @@ def _load_beit(
     path: Path,
     info: dict[str, Any],
     in_chans: int,
-    img_size: int,
+    img_size: int | None,
     drop_path_rate: float,
     num_register_tokens: int | None,
     mean: Any,
@@ -775,6 +782,13 @@ def _load_beit(
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
     has_layer_scale = "blocks.0.gamma_1" in state
 
+    if img_size is None:
+        if file_grid is None and "pos_embed" in state:
+            side = grid_side(int(state["pos_embed"].shape[1]) - 1)
+            file_grid = (side, side) if side else None
+        if file_grid is None:
+            raise CheckpointError(f"{path}: no position table to take the grid from; pass img_size")
+        img_size = file_grid[0] * patch_size
     file_mean, file_std = _source_normalisation("usfm", file_chans, None, mean, std, path)
     mean_t, std_t = _adapt_channels(state, "patch_embed.proj", file_chans, in_chans, file_mean, file_std, info, path)
     model = BeitBackbone(
@@ -943,7 +957,7 @@ def _strict_load(
 def _scratch(
     arch: str | None,
     in_chans: int,
-    img_size: int,
+    img_size: int | None,
     drop_path_rate: float,
     num_register_tokens: int | None,
     mean: Any,
