@@ -23,9 +23,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from monai.engines import Trainer
+from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from torch import nn
 
+from ultradino_monai.data.sampling import mix_seed
 from ultradino_monai.ssl import (
     DINOLoss,
     DinoSchedules,
@@ -72,6 +74,9 @@ class DinoTrainer(Trainer):
         amp: autocast the forward passes (bf16 by default; CUDA only in practice).
         amp_dtype: ``"bfloat16"`` or ``"float16"`` (float16 uses a grad scaler).
         train_handlers: ignite/MONAI handlers to attach.
+        seed: when not None, the torch RNG (stochastic depth) is reseeded at every iteration
+            from ``(seed, rank, iteration)``, so a resumed run draws exactly the noise of an
+            uninterrupted one. Data randomness comes from the seeded sample stream.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class DinoTrainer(Trainer):
         amp_dtype: str = "bfloat16",
         train_handlers: Sequence | None = None,
         non_blocking: bool = False,
+        seed: int | None = 0,
     ) -> None:
         if centering not in ("centering", "sinkhorn_knopp"):
             raise ValueError(f"centering must be 'centering' or 'sinkhorn_knopp', got {centering!r}")
@@ -134,11 +140,35 @@ class DinoTrainer(Trainer):
         self.sinkhorn_iterations = sinkhorn_iterations
         self.clip_grad = clip_grad
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp_dtype]
+        self.seed = seed
         self.teacher.eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         if train_handlers is not None:
             self._register_handlers(train_handlers)
+        self._stream_synced = False
+        self.add_event_handler(Events.STARTED, self._mark_stream_unsynced)
+        self.add_event_handler(Events.EPOCH_STARTED, self._sync_sample_stream)
+
+    # ------------------------------------------------------------ resumability
+    def _mark_stream_unsynced(self, engine: "DinoTrainer") -> None:
+        self._stream_synced = False
+
+    def _sync_sample_stream(self, engine: "DinoTrainer") -> None:
+        """Continue a seeded sample stream where the (possibly restored) iteration left off.
+
+        Runs at the first ``EPOCH_STARTED`` of a run: after every ``STARTED`` handler (such
+        as a checkpoint loader) and before ignite creates the data-loader iterator.
+        """
+        if self._stream_synced:
+            return
+        self._stream_synced = True
+        sampler = getattr(self.data_loader, "sampler", None)
+        batch_size = getattr(self.data_loader, "batch_size", None)
+        if hasattr(sampler, "set_start") and batch_size:
+            sampler.set_start(self.state.iteration * batch_size)
+            if self.state.iteration:
+                logger.info("continuing the sample stream at iteration %d", self.state.iteration)
 
     # ----------------------------------------------------------------- helpers
     def _autocast(self):
@@ -175,6 +205,8 @@ class DinoTrainer(Trainer):
     # --------------------------------------------------------------- iteration
     def _iteration(self, engine: "DinoTrainer", batchdata: dict[str, Any]) -> dict[str, float]:
         step = engine.state.iteration - 1
+        if engine.seed is not None:
+            torch.manual_seed(mix_seed(engine.seed, engine.state.rank, step))
         values = engine.schedules.at(step)
         lr, wd, last_layer_lr = values["lr"], values["wd"], values["last_layer_lr"]
         momentum, teacher_temp = values["momentum"], values["teacher_temp"]

@@ -22,7 +22,7 @@ __all__ = [
     "JsonlLogger",
     "ProgressBarHandler",
     "SSLMonitor",
-    "SamplerResume",
+    "ResumeFromLatest",
     "extract_features",
     "is_main_process",
 ]
@@ -82,24 +82,31 @@ class ProgressBarHandler:
         ProgressBar(persist=True).attach(engine, output_transform=transform)
 
 
-class SamplerResume:
-    """Advance an :class:`~ultradino_monai.data.sampling.InfiniteSeededSampler` to the restored iteration.
+class ResumeFromLatest:
+    """Restore a run from the newest ``checkpoint_*<iteration>.pt`` in ``ckpt_dir`` at ``STARTED``.
 
-    Attach *after* the checkpoint loader: at ``STARTED`` the trainer state already holds the
-    resumed iteration, and the data loader iterator has not been created yet.
+    A thin wrapper over MONAI's :class:`~monai.handlers.CheckpointLoader` that finds the file
+    when the handler is attached, so configs can always list it and switch it with ``enabled``
+    (a missing checkpoint is a clear error only when resuming was asked for).
     """
 
-    def __init__(self, sampler, batch_size: int) -> None:
-        self.sampler = sampler
-        self.batch_size = int(batch_size)
+    def __init__(self, ckpt_dir: str | os.PathLike, load_dict: dict, enabled: bool = True,
+                 map_location: Any = None) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.load_dict = load_dict
+        self.enabled = enabled
+        self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
+        if not self.enabled:
+            return
+        from monai.handlers import CheckpointLoader
 
-    def __call__(self, engine: Engine) -> None:
-        self.sampler.set_start(engine.state.iteration * self.batch_size)
-        if engine.state.iteration:
-            logger.info("resuming the sample stream at iteration %d", engine.state.iteration)
+        from ultradino_monai.engines.pretrain import latest_checkpoint
+
+        path = latest_checkpoint(self.ckpt_dir)
+        logger.info("resuming from %s", path)
+        CheckpointLoader(path, self.load_dict, map_location=self.map_location).attach(engine)
 
 
 @torch.no_grad()
