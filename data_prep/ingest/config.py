@@ -166,5 +166,5 @@ class IngestConfig:
             "dedup_threshold": self.dedup_threshold,
             "doppler_fraction": self.doppler_fraction,
             "date_policy": self.date_policy,
-            "decoder_plugins": {_uid.UID(k).name: v for k, v in sorted(self.decoder_plugins.items())},
+            "decoder_plugins": {(_uid.UID(k).keyword or k): v for k, v in sorted(self.decoder_plugins.items())},
         }
