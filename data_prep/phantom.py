@@ -553,6 +553,36 @@ class SceneSample:
     label: np.ndarray
 
 
+def _polar_block(bounds, radius, r0, dr, n_r, t0, dt, n_t):
+    """Rows/lines of a uniform polar grid that a Cartesian box (xmin, xmax, zmin, zmax) can touch.
+
+    Returns (row slice, line slice), the whole grid for unbounded shapes, or None if empty.
+    """
+    if bounds is None:
+        return slice(0, n_r), slice(0, n_t)
+    xmin, xmax, zmin, zmax = bounds
+    az = -radius  # apex
+    corners_x = (xmin, xmax, xmin, xmax)
+    corners_z = (zmin - az, zmin - az, zmax - az, zmax - az)  # relative to the apex
+    r_max = max(math.hypot(cx, cz) for cx, cz in zip(corners_x, corners_z))
+    dx = max(xmin, 0.0, -xmax)
+    dz = max(zmin - az, 0.0, az - zmax)
+    r_min = math.hypot(dx, dz)
+    i0 = max(int(math.floor((r_min - r0) / dr)) - 1, 0)
+    i1 = min(int(math.ceil((r_max - r0) / dr)) + 2, n_r)
+    if i0 >= i1:
+        return None
+    if zmin - az > 0:  # box entirely below the apex: the corner angles bound it
+        angles = [math.atan2(cx, cz) for cx, cz in zip(corners_x, corners_z)]
+        j0 = max(int(math.floor((min(angles) - t0) / dt)) - 1, 0)
+        j1 = min(int(math.ceil((max(angles) - t0) / dt)) + 2, n_t)
+        if j0 >= j1:
+            return None
+    else:
+        j0, j1 = 0, n_t
+    return slice(i0, i1), slice(j0, j1)
+
+
 @dataclass
 class Scene:
     """Layers painted in order over a background tissue (later layers win)."""
@@ -562,6 +592,64 @@ class Scene:
 
     def add(self, shape: Shape, tissue: Tissue, label: int | None = None) -> None:
         self.layers.append(Layer(shape, tissue, label))
+
+    def sample_polar(self, r: np.ndarray, theta: np.ndarray, radius: float) -> SceneSample:
+        """Evaluate the scene on the outer grid r (n_r,) x theta (n_lines,) of a probe with apex (0, -radius).
+
+        Same result as :meth:`sample` on the grid's Cartesian points, but each bounded shape is
+        only evaluated on the block of rows/lines its bounding box can reach, and bands parallel
+        to the probe face are tested column-wise, which keeps the cost proportional to the
+        structures rather than to the number of layers times the grid size.
+        """
+        r = np.asarray(r, np.float32)
+        theta = np.asarray(theta, np.float32)
+        n_r, n_t = r.size, theta.size
+        bg = self.background
+        echo = np.full((n_r, n_t), bg.echo_db, np.float32)
+        atten = np.full((n_r, n_t), bg.atten, np.float32)
+        spec = np.full((n_r, n_t), bg.specular, np.float32)
+        texture = np.full((n_r, n_t), bg.texture_db, np.float32)
+        sin_t, cos_t = np.sin(theta), np.cos(theta)
+        depth = r - np.float32(radius)
+        lut_index = RadialBand.angle_index(theta)
+        dr = float(r[1] - r[0]) if n_r > 1 else 1.0
+        dt = float(theta[1] - theta[0]) if n_t > 1 else 1.0
+        for layer in self.layers:
+            shape = layer.shape
+            if isinstance(shape, RadialBand) and shape.radius == radius:
+                top = shape._profile(shape.top, lut_index)[None, :]
+                bottom = shape._profile(shape.bottom, lut_index)[None, :]
+                inside = (depth[:, None] >= top) & (depth[:, None] < bottom)
+                if shape.theta_range is not None:
+                    inside &= ((theta >= shape.theta_range[0]) & (theta <= shape.theta_range[1]))[None, :]
+                rows, cols = slice(0, n_r), slice(0, n_t)
+            else:
+                block = _polar_block(shape.bounds(), radius, float(r[0]), dr, n_r, float(theta[0]), dt, n_t)
+                if block is None:
+                    continue
+                rows, cols = block
+                bx = r[rows, None] * sin_t[None, cols]
+                bz = r[rows, None] * cos_t[None, cols] - np.float32(radius)
+                inside = shape.mask(bx, bz)
+            if not inside.any():
+                continue
+            t = layer.tissue
+            if t.angle_db > 0:
+                if isinstance(shape, RadialBand):
+                    cos_inc = None
+                else:
+                    cos_inc = shape.incidence(bx[inside], bz[inside], -radius)
+                if cos_inc is not None:
+                    level = np.float32(t.echo_db) - np.float32(t.angle_db) * (1.0 - cos_inc.astype(np.float32))
+                else:
+                    level = np.float32(t.echo_db)
+            else:
+                level = np.float32(t.echo_db)
+            echo[rows, cols][inside] = level
+            atten[rows, cols][inside] = t.atten
+            spec[rows, cols][inside] = t.specular
+            texture[rows, cols][inside] = t.texture_db
+        return SceneSample(echo, atten, spec, texture, None)
 
     def sample(self, x: np.ndarray, z: np.ndarray, apex_z: float, with_label: bool = True) -> SceneSample:
         """Evaluate all layers at points (x, z) in mm; ``apex_z`` is the probe apex for specular incidence."""
@@ -794,12 +882,12 @@ def acquire(
       scene's median loss only partly, so enhancement behind fluid and shadows survive.
     """
     probe = grid.probe
-    x, z = grid.cartesian()
-    props = scene.sample(x, z, apex_z=-probe.radius_mm, with_label=False)
+    props = scene.sample_polar(grid.r, grid.theta, probe.radius_mm)
     axial_fwhm_mm = 0.77 * params.pulse_cycles / probe.frequency_mhz  # SPL/2, §1.3
     sigma_axial = max(axial_fwhm_mm / 2.355 / grid.dr_mm, 0.6)
     sigma_lateral = params.lateral_sigma_lines
-    level_db = ndimage.gaussian_filter(props.echo_db, (max(2.0 * sigma_axial, 0.7 / grid.dr_mm), 1.0), mode="nearest")
+    level_db = ndimage.gaussian_filter(props.echo_db, (max(2.0 * sigma_axial, 0.7 / grid.dr_mm), 1.0), mode="nearest",
+                                       truncate=2.5)
     level_db += props.texture_db * texture
     step = max(1, int(round(0.8 / grid.dr_mm)))
     jump = np.zeros_like(level_db)
@@ -831,8 +919,9 @@ def acquire(
         received = (diffuse * _complex_noise(rng, diffuse.shape) + coherent) * loss
         received += floor * _complex_noise(rng, diffuse.shape)
         blurred = np.empty_like(received)
-        blurred.real = ndimage.gaussian_filter(received.real, (sigma_axial, sigma_lateral), mode="nearest") * energy
-        blurred.imag = ndimage.gaussian_filter(received.imag, (sigma_axial, sigma_lateral), mode="nearest") * energy
+        blurred.real = ndimage.gaussian_filter(received.real, (sigma_axial, sigma_lateral), mode="nearest", truncate=3.0)
+        blurred.imag = ndimage.gaussian_filter(received.imag, (sigma_axial, sigma_lateral), mode="nearest", truncate=3.0)
+        blurred *= energy
         fields.append(blurred)
     typical_db = np.median(path_db, axis=1)
     tgc_db = tgc_curve_db + np.float32(params.tgc_follow) * (typical_db - nominal_db)
@@ -874,29 +963,46 @@ def tgc_curve(grid: PolarGrid, params: ImagingParams, rng: np.random.Generator) 
 
 @dataclass
 class ScanConverter:
-    """Precomputed inverse mapping from display pixels to polar samples (§1.2)."""
+    """Precomputed inverse mapping from display pixels to polar samples (§1.2).
+
+    Bilinear (order-1) interpolation as in ``scipy.ndimage.map_coordinates(order=1)``,
+    with the four neighbour indices and weights computed once per layout so cine frames
+    only pay for the gather.
+    """
 
     layout: FanLayout
     fan: np.ndarray  # bool (H, W)
-    coords: np.ndarray  # float32 (2, n_fan_pixels): fractional (radial, line) indices
-    rows: np.ndarray
-    cols: np.ndarray
+    flat_index: np.ndarray  # intp (n_fan,) flat display index of each fan pixel
+    corners: np.ndarray  # intp (4, n_fan) flat polar indices of the neighbours
+    weights: np.ndarray  # float32 (4, n_fan)
 
     @staticmethod
     def build(layout: FanLayout, grid: PolarGrid) -> "ScanConverter":
         r, theta = layout.polar_of_pixels()
         probe = layout.probe
         fan = (np.abs(theta) <= probe.half_fov) & (r >= probe.radius_mm) & (r <= probe.radius_mm + probe.depth_mm)
-        rows, cols = np.nonzero(fan)
-        ir = (r[rows, cols] - np.float32(probe.radius_mm)) / np.float32(grid.dr_mm)
-        it = (theta[rows, cols] + np.float32(probe.half_fov)) / np.float32(grid.d_theta) - np.float32(0.5)
-        return ScanConverter(layout, fan, np.stack([ir, it]).astype(np.float32), rows, cols)
+        flat_index = np.flatnonzero(fan)
+        n_r, n_lines = grid.r.size, probe.n_lines
+        ir = (r.reshape(-1)[flat_index] - np.float32(probe.radius_mm)) / np.float32(grid.dr_mm)
+        it = (theta.reshape(-1)[flat_index] + np.float32(probe.half_fov)) / np.float32(grid.d_theta) - np.float32(0.5)
+        ir = np.clip(ir, 0, n_r - 1)
+        it = np.clip(it, 0, n_lines - 1)
+        i0 = np.minimum(ir.astype(np.intp), n_r - 2)
+        j0 = np.minimum(it.astype(np.intp), n_lines - 2)
+        fr = (ir - i0).astype(np.float32)
+        fc = (it - j0).astype(np.float32)
+        base = i0 * n_lines + j0
+        corners = np.stack([base, base + 1, base + n_lines, base + n_lines + 1])
+        weights = np.stack([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc]).astype(np.float32)
+        return ScanConverter(layout, fan, flat_index, corners, weights)
 
     def __call__(self, polar: np.ndarray, fill: float) -> np.ndarray:
-        """Order-1 ``map_coordinates`` of a (n_r, n_lines) polar image; ``fill`` outside the fan."""
-        out = np.full(self.layout.shape, fill, dtype=np.float32)
-        out[self.rows, self.cols] = ndimage.map_coordinates(polar, self.coords, order=1, mode="nearest")
-        return out
+        """Interpolate a (n_r, n_lines) polar image onto the display; ``fill`` outside the fan."""
+        flat = np.ascontiguousarray(polar, np.float32).reshape(-1)
+        values = (flat[self.corners] * self.weights).sum(axis=0)
+        out = np.full(self.layout.shape[0] * self.layout.shape[1], fill, dtype=np.float32)
+        out[self.flat_index] = values
+        return out.reshape(self.layout.shape)
 
 
 def log_compress(image_db: np.ndarray, fan: np.ndarray, dynamic_range_db: float, ref_db: float) -> np.ndarray:
@@ -942,8 +1048,8 @@ def auto_optimise(
     def ref_for_mean(dr):
         # mean grey falls monotonically as ref rises: scan a coarse then a fine grid of refs
         lo, hi = float(edges[0]) - 1.0, float(edges[-1]) + dr
-        for _ in range(3):
-            refs = np.linspace(lo, hi, 33)
+        for _ in range(2):
+            refs = np.linspace(lo, hi, 40)
             means = stats(refs, dr)[0]
             above = int(np.searchsorted(-means, -target_mean))  # first ref whose mean <= target
             above = min(max(above, 1), len(refs) - 1)
@@ -953,7 +1059,7 @@ def auto_optimise(
         return lo + frac * (hi - lo)
 
     dr_lo, dr_hi = dr_range
-    for _ in range(14):
+    for _ in range(11):
         dr = 0.5 * (dr_lo + dr_hi)
         if stats(ref_for_mean(dr), dr)[1][0] > target_std:
             dr_lo = dr
@@ -1597,6 +1703,7 @@ def render_sequence(
     acquisition = None
     frames = []
     smoothing_px = params.smoothing_mm / layout.mm_per_px
+    fan_box_px = tuple(int(v) for v in _bbox(converter.fan))
     for k in range(n_frames):
         shift = 0
         if k > 0:
@@ -1611,8 +1718,11 @@ def render_sequence(
                                   anatomy.reverb_depth_mm)
         polar = envelope_db(acquisition, params, shift, decorrelation * k)
         image_db = converter(polar, fill=-300.0)
-        if smoothing_px > 0.3:  # speckle reduction / persistence on the display
-            image_db = np.where(converter.fan, ndimage.gaussian_filter(image_db, smoothing_px, mode="nearest"), image_db)
+        if smoothing_px > 0.3:  # speckle reduction / persistence on the display, inside the fan's box
+            r0, c0, r1, c1 = fan_box_px
+            box = image_db[r0:r1 + 1, c0:c1 + 1]
+            smoothed = ndimage.gaussian_filter(box, smoothing_px, mode="nearest", truncate=3.0)
+            box[converter.fan[r0:r1 + 1, c0:c1 + 1]] = smoothed[converter.fan[r0:r1 + 1, c0:c1 + 1]]
         if k == 0:
             ref, dynamic_range = auto_optimise(image_db, converter.fan, params.target_mean, params.target_std)
         image = log_compress(image_db, converter.fan, dynamic_range, ref)
@@ -1635,9 +1745,8 @@ def render_sequence(
         if aop0 is not None:
             info["aop_deg"] = float(aop0 + aop_rate * k)
         frames.append(PlaneImage(image, label, info))
-    bbox = [int(v) for v in _bbox(converter.fan)]
     for frame in frames:
-        frame.info["fan_bbox"] = bbox
+        frame.info["fan_bbox"] = list(fan_box_px)
     return frames
 
 
