@@ -500,7 +500,14 @@ class DinoMultiCrop(Randomizable, Transform):
         return (height - h) // 2, (width - w) // 2, h, w
 
     def _sample_view(
-        self, name: str, size: int, height: int, width: int, scale: tuple[float, float], blur_p: float, solarize_p: float
+        self,
+        name: str,
+        size: int,
+        height: int,
+        width: int,
+        scale: tuple[float, float],
+        blur_p: float,
+        solarize_p: float | None,
     ) -> CropParams:
         box = self._sample_box(height, width, scale)
         flip = bool(self.R.rand() < self.flip_prob)
@@ -510,7 +517,8 @@ class DinoMultiCrop(Randomizable, Transform):
             c = float(self.R.uniform(*self.contrast))
             jitter = (b, c, bool(self.R.rand() < 0.5))
         sigma = float(self.R.uniform(*self.blur_sigma)) if self.R.rand() < blur_p else None
-        solarize = bool(self.R.rand() < solarize_p) if solarize_p > 0 else False
+        # Views that can be solarised always consume the draw, so the probability does not shift the stream.
+        solarize = bool(self.R.rand() < solarize_p) if solarize_p is not None else False
         return CropParams(name, size, box, flip, jitter, sigma, solarize)
 
     def randomize(self, data: Sequence[int]) -> None:
@@ -519,11 +527,11 @@ class DinoMultiCrop(Randomizable, Transform):
         g0, g1, loc = self.blur_probabilities
         gs, ls = self.global_scale, self.local_scale
         params = [
-            self._sample_view("global_0", self.global_size, height, width, gs, g0, 0.0),
+            self._sample_view("global_0", self.global_size, height, width, gs, g0, None),
             self._sample_view("global_1", self.global_size, height, width, gs, g1, self.solarize_prob),
         ]
         params += [
-            self._sample_view(f"local_{i}", self.local_size, height, width, ls, loc, 0.0)
+            self._sample_view(f"local_{i}", self.local_size, height, width, ls, loc, None)
             for i in range(self.n_local_crops)
         ]
         self.params = params
