@@ -146,3 +146,14 @@ def test_record_metric_helpers():
     cls = classification_metrics([0, 1, 1], [0, 1, 0], ["a", "b"])
     assert cls["accuracy"] == pytest.approx(2 / 3) and cls["f1_per_class"]["b"] == pytest.approx(2 / 3)
     assert cls["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_table1_refuses_mixed_split_kinds():
+    records = [
+        _record(0.94, task="classification_finetune", dataset="fetal_planes_db", split_kind="full", metric="macro_f1"),
+        _record(0.95, task="classification_finetune", dataset="fetal_planes_db", split_kind="ultradino",
+                split_file="splits/ultradino.json", metric="macro_f1"),
+    ]
+    with pytest.raises(ResultError, match="mixes split kinds"):
+        table1(records)
+    assert "94.00 ± 0.00" in table1(records[:1])

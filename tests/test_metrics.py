@@ -204,3 +204,31 @@ def test_classification_rejects_out_of_range():
         macro_f1([0, 3], [0, 1], 3)
     with pytest.raises(ValueError, match="entries"):
         confusion_matrix([0, 1], [0], 3)
+
+
+def test_key_metric_of_a_monai_supervised_evaluator():
+    from monai.data import DataLoader
+    from monai.engines import SupervisedEvaluator
+
+    pred, label = _two_images()
+    logits = torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()
+
+    class Lookup(torch.nn.Module):
+        """Returns the stored logits for the image index carried in the image's first pixel."""
+
+        def forward(self, image):
+            return logits[image[:, 0, 0, 0].long()]
+
+    data = [{"image": torch.full((1, 2, 3), float(i)), "label": label[i].unsqueeze(0)} for i in range(2)]
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data, batch_size=2),
+        network=Lookup(),
+        key_val_metric={"val_dice": PooledDiceMetric(4, output_transform=from_engine(["pred", "label"]))},
+    )
+    evaluator.run()
+    reference = PooledDice(4)
+    reference.update(pred, label)
+    assert evaluator.state.metrics["val_dice"] == pytest.approx(reference.compute()["foreground_mean"])
+    assert evaluator.state.best_metric == pytest.approx(reference.compute()["foreground_mean"])
+    assert evaluator.state.metric_details["val_dice"]["per_class"][1] == pytest.approx(4 / 7)

@@ -409,6 +409,15 @@ def table1_rows(
     cells: dict[tuple[tuple[str, str, str], str], str] = {}
     for column in columns:
         matching = [record for record in records if column.matches(record)]
+        kinds: dict[tuple[str, str, str], set[str]] = {}
+        for record in matching:
+            kinds.setdefault((record["method"], record["backbone"], record["budget"]), set()).add(record["split_kind"])
+        for key, found in kinds.items():
+            if len(found) > 1:
+                raise ResultError(
+                    f"Table 1 column {column.title!r}, row {_row_label(*key)!r} mixes split kinds {sorted(found)}; "
+                    "filter the records to one protocol"
+                )
         for row in aggregate(matching, group_by=("method", "backbone", "budget"), metric=column.metric):
             key = (row["method"], row["backbone"], row["budget"])
             cells[(key, column.title)] = f"{row['mean'] * scale:.{decimals}f} ± {row['sem'] * scale:.{decimals}f}"

@@ -189,7 +189,8 @@ class PooledDice:
         if pred.shape != label.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
         c = self.num_classes
-        pred, label = pred.cpu(), label.cpu()
+        # Count on the prediction's device (GPU during evaluation); only the C x C tables move to the CPU.
+        label = label.to(pred.device)
         valid = torch.ones_like(label, dtype=torch.bool) if self.ignore_index is None else label != self.ignore_index
         bad_label = valid & ((label < 0) | (label >= c))
         if bad_label.any():
@@ -202,8 +203,8 @@ class PooledDice:
         # One bincount gives every image's C x C confusion matrix: index = image*C*C + pred*C + label.
         flat_valid = valid.reshape(batch, -1)
         codes = (pred.reshape(batch, -1) * c + label.reshape(batch, -1)).clamp(0, c * c - 1)
-        offsets = torch.arange(batch).unsqueeze(1) * (c * c)
-        counts = torch.bincount((codes + offsets)[flat_valid], minlength=batch * c * c).reshape(batch, c, c)
+        offsets = torch.arange(batch, device=pred.device).unsqueeze(1) * (c * c)
+        counts = torch.bincount((codes + offsets)[flat_valid], minlength=batch * c * c).reshape(batch, c, c).cpu()
         intersection = counts.diagonal(dim1=1, dim2=2)  # [B, C]
         pred_area = counts.sum(dim=2)  # rows are predictions
         label_area = counts.sum(dim=1)
