@@ -82,7 +82,7 @@ SCALES: dict[str, DemoScale] = {
     "default": DemoScale(archive=ArchiveConfig()),
     # for tests: every file type and SOP class, default-size DICOM frames, a few of everything else
     "tiny": DemoScale(
-        archive=ArchiveConfig(n_patients=2, studies_per_patient=(1, 1), stills_per_study=(3, 3), cines_per_study=(1, 1),
+        archive=ArchiveConfig(n_patients=2, studies_per_patient=(1, 1), stills_per_study=(2, 2), cines_per_study=(1, 1),
                               cine_frames=(3, 3), worksheets=1),
         planes_per_class=4,
         plane_shapes=((120, 160), (128, 176)),
