@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from monai.data import DataLoader, Dataset
 from torch import nn
 
@@ -44,7 +45,7 @@ def write_embeddings(
     backbone = backbone.to(device).eval()
     cls, pooled, registers = [], [], []
     for batch in tqdm(loader, desc="embedding", unit="batch"):
-        features = backbone.forward_features(batch["image"].to(device))
+        features = backbone.forward_features(convert_to_tensor(batch["image"], track_meta=False).to(device))
         cls.append(features["x_norm_clstoken"].float().cpu())
         pooled.append(features["x_norm_patchtokens"].float().mean(dim=1).cpu())
         registers.append(features["x_norm_regtokens"].float().cpu())
@@ -81,7 +82,7 @@ def write_attention_overlays(
     written = []
     for index, item in enumerate(items):
         sample = preprocessing(dict(item))
-        image = torch.as_tensor(sample["image"])[None].to(device)
+        image = convert_to_tensor(sample["image"], track_meta=False)[None].to(device)
         maps = cls_attention_maps(backbone, image)[0].cpu().numpy()
         name = Path(item["image"]).stem
         path = Path(output_dir) / f"{index:03d}_{name}.png"

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from ignite.engine import Engine, Events
 from torch import nn
 
@@ -128,7 +129,7 @@ def extract_features(
     device = torch.device(device)
     cls, pooled, labels = [], [], []
     for batch in loader:
-        images = batch[image_key].to(device)
+        images = convert_to_tensor(batch[image_key], track_meta=False).to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             features = backbone.forward_features(images)
         cls.append(features["x_norm_clstoken"].float().cpu())

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SampleSeededMaskCollate",
     "as_bool",
+    "assert_replicas_identical",
     "configure_run",
     "is_main_process",
     "load_checkpoint",
@@ -196,7 +197,7 @@ def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.Path
     Returns the datalist path.
     """
     from data_prep.demo import generate_demo
-    from data_prep.ingest import ingest_archive
+    from data_prep.ingest import load_secret_key, run_ingest
 
     demo_dir, dataset_dir = Path(demo_dir), Path(dataset_dir)
     generate_demo(demo_dir, seed=seed)
@@ -207,7 +208,7 @@ def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.Path
     report = dataset_dir / "report.json"
     if not (datalist.exists() and report.exists()):
         logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
-        ingest_archive(demo_dir / "archive", dataset_dir, secret_file=secret)
+        run_ingest(demo_dir / "archive", dataset_dir, key=load_secret_key(secret), workers=1)
     return datalist
 
 
@@ -303,3 +304,21 @@ def epoch_length_for(datalist: str | os.PathLike, global_batch_size: int, sectio
     if not items:
         raise ValueError(f"{datalist}: section {section!r} is empty")
     return max(1, len(items) // int(global_batch_size))
+
+
+def assert_replicas_identical(module: nn.Module) -> None:
+    """Under DDP, check that every rank holds bit-identical parameters (e.g. the EMA teacher).
+
+    The teacher is not wrapped by DDP; it stays identical on all ranks only because every
+    rank applies the same EMA to the same (synchronised) student. This check catches a
+    divergence, e.g. from a rank-dependent update, before a checkpoint is trusted.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    flat = torch.cat([p.detach().float().reshape(-1).cpu() for p in module.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, flat)
+    differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
+    if differing:
+        raise RuntimeError(f"parameters differ between rank 0 and rank(s) {differing}")
+    logger.info("%d parameters identical on all %d ranks", flat.numel(), len(gathered))
