@@ -28,15 +28,21 @@ schedule the DINOv2 authors intended; a ``(g0, g1, local)`` tuple sets them expl
 
 Speed. The transform is written for one DataLoader worker thread (PyTorch sets
 ``torch.set_num_threads(1)`` inside workers; do the same when timing it in the main
-process). Every crop is cut from the source *before* any resampling, and the resize is
-computed as two separable passes of the exact PyTorch/Pillow antialiased bicubic kernel
-expressed as sparse weighted row gathers (``torch.nn.functional.embedding_bag`` with
-per-sample weights): the cost is ~taps x output pixels instead of a dense resample, the
-tap tables are cached per (source length, output length), and the flips are folded into
-the tap tables for free. The blur is the same kind of separable gather on the small output,
-and everything else is a handful of in-place ops on ``[S, S]`` float tensors. There is no
-PIL round trip. ``benchmarks/multicrop.py`` measures it against a torchvision reference
-pipeline with identical parameters.
+process) and works on float32 tensors only, with no PIL round trip:
+
+* every crop is cut from the source *before* resampling, and the resize is the exact
+  PyTorch / Pillow antialiased bicubic kernel written as two separable sparse weighted row
+  gathers (``torch.embedding_bag`` with per-sample weights), so the cost is ~taps x pixels
+  touched, not a dense resample; the tap tables are cached per (source length, output
+  length) and the flips and the uint8 -> [0, 1] scale are folded into them;
+* the first pass runs per view; the second pass, the jitter, the blur (again a separable
+  gather, only on the views that are blurred), the solarisation and the normalisation run
+  once on the stack of all views of one size (2 global, then all locals), so the Python /
+  dispatch overhead is paid per group, not per view;
+* each view goes through exactly one transposing copy per separable stage.
+
+``benchmarks/multicrop.py`` measures it against a torchvision reference pipeline with
+identical parameters in the same run.
 
 The output of the resize matches ``torch.nn.functional.interpolate(crop, (S, S),
 mode="bicubic", antialias=True, align_corners=False)`` to float32 rounding; bicubic
@@ -60,7 +66,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
@@ -300,7 +305,8 @@ def render_views(
 
     # Back to [rows, cols]. Blurred views: blur along columns in the transposed layout, transpose,
     # blur along rows. The others: just transpose. Each view is transposed exactly once.
-    views = np.empty((n, size, size), dtype=np.float32)
+    out = torch.empty((n, size, size), dtype=torch.float32)  # torch-owned storage (shareable by workers)
+    views = out.numpy()
     views_t_np = views_t.numpy()
     blurred = [i for i in range(n) if blur_sigmas is not None and blur_sigmas[i] is not None]
     for i in range(n):
@@ -322,7 +328,6 @@ def render_views(
         for k, i in enumerate(blurred):
             views[i] = blurred_views[k * size : (k + 1) * size]
 
-    out = torch.from_numpy(views)
     if solarize is not None:
         for i, flag in enumerate(solarize):
             if flag:

@@ -55,7 +55,7 @@ from monai.transforms import (
 )
 from monai.transforms.inverse import InvertibleTransform, TraceableTransform
 from monai.transforms.utils import scale_affine
-from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple, ensure_tuple_rep
+from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple_rep
 from PIL import Image
 
 logger = logging.getLogger(__name__)
