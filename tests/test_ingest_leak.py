@@ -212,6 +212,21 @@ class _Corpus:
         return self.names[bisect.bisect_right(self.starts, position) - 1]
 
 
+def _png_metadata(raw: bytes) -> bytes:
+    """All PNG chunks except the compressed pixels; text/EXIF chunks are leaks by themselves."""
+    import struct
+
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    position, kept = 8, [raw[:8]]
+    while position < len(raw):
+        length, kind = struct.unpack(">I4s", raw[position : position + 8])
+        assert kind in (b"IHDR", b"IDAT", b"IEND"), f"unexpected PNG chunk {kind!r}"
+        if kind != b"IDAT":
+            kept.append(raw[position : position + 12 + length])
+        position += 12 + length
+    return b"".join(kept)
+
+
 def scan(output: Path, needles: Needles, extra_text: str = "") -> list[str]:
     """Every place an output byte reveals a needle (empty list means clean)."""
     forms = needles.forms()
@@ -224,9 +239,11 @@ def scan(output: Path, needles: Needles, extra_text: str = "") -> list[str]:
             continue
         raw = path.read_bytes()
         if path.suffix == ".png":
-            raw_documents.append((relative, raw))
+            raw_documents.append((relative, _png_metadata(raw)))
         elif path.suffix == ".dcm":
-            raw_documents.append((relative, raw.lower()))
+            # Everything up to the pixel data element (pixels are the OCR check's job).
+            end = raw.find(b"\xe0\x7f\x10\x00")
+            raw_documents.append((relative, raw[: end if end > 0 else len(raw)].lower()))
             documents.append((relative, _dicom_header_text(path)))
         else:
             documents.append((relative, raw.decode("utf-8")))
@@ -342,27 +359,23 @@ def ingested(tmp_path_factory):
     }
 
 
-def _demo_inputs(folder: Path, needles: Needles) -> bool:
-    """Add the demo archive and its planted PHI when the demo generator is available."""
-    try:
-        from data_prep.demo import generate_demo  # owned by the demo-data engineer
+def _demo_inputs(folder: Path, needles: Needles) -> dict | None:
+    """Add a small demo archive (data_prep.dicom_synth, tiny scale) and its PHI truth list."""
+    try:  # owned by the demo-data engineer
+        from data_prep.demo import SCALES
+        from data_prep.dicom_synth import write_archive
     except ImportError:
-        return False
-    import json
-
-    generate_demo(folder, seed=0)
-    phi = json.loads((folder / "archive_phi.json").read_text())
-    values = phi if isinstance(phi, list) else [v for group in phi.values() for v in (group if isinstance(group, list) else [group])]
-    for value in values:
-        text = str(value)
-        if re.fullmatch(r"[0-9.]+", text) and text.count(".") >= 2:
-            needles.uids.add(text)
-        elif parse_date(text) and re.fullmatch(r"\d{8}", text):
-            needles.dates.add(text)
-        else:
-            needles.strings.add(text)
-    (folder / "archive_phi.json").unlink()  # the answer key is not an input
-    return True
+        return None
+    record = write_archive(folder / "archive", 0, SCALES["tiny"].archive, relative_to=folder)
+    needles.strings |= {str(v) for v in record["strings"]}
+    needles.uids |= {str(v) for v in record["uids"]}
+    for value in record["dates"]:
+        date = parse_date(re.sub(r"^(\d\d)/(\d\d)/(\d{4})$", r"\3\1\2", str(value)))
+        if date:
+            needles.dates.add(date.strftime("%Y%m%d"))
+    for entry in record["files"]:
+        needles.strings |= {str(line) for line in entry.get("burned_in_text", [])}
+    return record
 
 
 def test_no_phi_uid_or_date_in_any_output_byte(ingested):
@@ -443,7 +456,6 @@ def test_mask_policy_never_claims_clean_pixels_without_ocr(ingested):
             assert row["pixels_verified"] == "0" and row["spacing_row_mm"] == ""
         else:
             assert row["pixel_policy"] == "region" and row["pixels_verified"] == "1"
-    assert all(row["burned_in_source"] == "YES" for row in rows)  # none of the inputs says NO
 
 
 def test_references_and_grouping_use_one_uid_map(ingested):
@@ -476,8 +488,8 @@ def test_stale_regions_never_used_and_spacing_is_ten_delta(ingested):
         mine = [r for r in rows if r["instance"] == instance]
         # Converted only under mask-top (whole frame), never cropped to the stale region.
         assert mine and all(r["pixel_policy"] == "mask-top" and r["crop_x0"] == "0" and r["crop_y0"] == "0" for r in mine)
-    synthetic = [r for r in rows if r["pixel_policy"] == "region"]
-    assert synthetic
+    synthetic = [r for r in rows if r["manufacturer"] == "Synthetic Medical"]
+    assert synthetic and all(r["pixel_policy"] == "region" for r in synthetic)
     for row in synthetic:
         # make_us_dataset stores PhysicalDelta = 0.025 cm with unit code 3 (cm).
         assert float(row["spacing_row_mm"]) == pytest.approx(0.25) and float(row["spacing_col_mm"]) == pytest.approx(0.25)
@@ -502,10 +514,26 @@ def test_datalist_contract(ingested):
         assert Path(item["image"]).is_file()
 
 
-@pytest.mark.skipif(not Path(__file__).resolve().parents[1].joinpath("data_prep", "demo.py").exists(), reason="demo generator (data_prep/demo.py) not in this checkout")
 def test_demo_archive_is_ingested_and_clean(ingested):
+    """The demo archive (when its generator exists) converts every US file, cropped, at 10*delta spacing."""
     import csv
 
-    assert ingested["demo"], "data_prep.demo exists but generate_demo could not be imported"
+    record = ingested["demo"]
+    if record is None:
+        pytest.skip("data_prep.dicom_synth (demo-data engineer) is not in this checkout")
+    pseudo = Pseudonymizer(KEY)
     rows = list(csv.DictReader((ingested["output"] / "manifest.csv").open()))
-    assert any(r["manufacturer"] and r["pixel_policy"] == "region" for r in rows)
+    by_instance: dict[str, list[dict]] = {}
+    for row in rows:
+        by_instance.setdefault(row["instance"], []).append(row)
+    expected = [f for f in record["files"] if f["expected"] == "ingest"]
+    assert expected and len(expected) < len(record["files"])  # the worksheet is dropped
+    for entry in expected:
+        mine = by_instance[pseudo.instance(entry["sop_instance_uid"])]
+        assert len(mine) == entry["frames"]
+        assert all(r["pixel_policy"] == "region" and r["pixels_verified"] == "1" for r in mine)
+        assert float(mine[0]["spacing_row_mm"]) == pytest.approx(entry["mm_per_px"], rel=1e-4)
+        # The crop starts below the burned-in banner.
+        assert int(mine[0]["crop_y0"]) >= entry["banner_height"]
+    dropped = [f for f in record["files"] if f["expected"] != "ingest"]
+    assert all(pseudo.instance(f["sop_instance_uid"]) not in by_instance for f in dropped)

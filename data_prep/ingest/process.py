@@ -28,7 +28,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import AllTransferSyntaxes, UID, ExplicitVRLittleEndian
 
 from . import annex_e
 from .atomic import atomic_write_bytes, encode_png
@@ -234,6 +234,15 @@ def _build_dicom(
 def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: dict, written: list[Path]) -> None:
     config = context.config
     header = _read_header(stream, item.member is not None)
+    # Private groups are never used; drop them before touching values (odd
+    # private VRs crash readers, dicognito #157), then convert every remaining
+    # value once so that a malformed header fails here with a reason code.
+    try:
+        header.remove_private_tags()
+        for _ in header.iterall():
+            pass
+    except Exception:
+        raise _Reject("quarantined", "malformed_header") from None
     verdict = classify_sop_class(header)
     if verdict is not None:
         raise _Reject(*verdict)
@@ -243,6 +252,8 @@ def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: di
     spec = PixelSpec.from_header(header)
     spec.check_budget(config.max_pixels, config.max_frames)
     transfer_syntax = UID(spec.transfer_syntax)
+    if transfer_syntax not in AllTransferSyntaxes:
+        raise _Reject("quarantined", "unsupported_transfer_syntax")
     plugin = config.plugin_for(transfer_syntax)
     if transfer_syntax.is_compressed:
         try:

@@ -13,6 +13,7 @@ All values are fabricated; nothing here is real patient data.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,9 +54,12 @@ class SyntheticStudy:
     patient_name: str = ""
     study_date: str = "20230415"
     lmp: str | None = "20221110"
-    uid_index: int = 1
+    uid_index: int | None = None
 
     def __post_init__(self) -> None:
+        if self.uid_index is None:
+            # Distinct tags give distinct UID subtrees.
+            self.uid_index = int.from_bytes(hashlib.sha256(self.tag.encode()).digest()[:3], "big")
         self.patient_id = self.patient_id or f"MRN{self.tag}7731"
         self.patient_name = self.patient_name or f"ZZDOE{self.tag}^JANEQX{self.tag}"
 
