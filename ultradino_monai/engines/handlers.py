@@ -24,6 +24,7 @@ __all__ = [
     "ProgressBarHandler",
     "SSLMonitor",
     "ResumeFromLatest",
+    "StopAtIteration",
     "extract_features",
     "is_main_process",
 ]
@@ -81,6 +82,25 @@ class ProgressBarHandler:
             return {k: output[k] for k in keys if isinstance(output, dict) and k in output}
 
         ProgressBar(persist=True).attach(engine, output_transform=transform)
+
+
+class StopAtIteration:
+    """End the run cleanly after ``iteration`` (e.g. to fit a cluster time limit).
+
+    The schedules still span the whole configured run; the final checkpoint is written as on
+    a normal finish, so ``--resume true`` continues exactly where this run stopped.
+    """
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = int(iteration)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.iteration >= self.iteration:
+            logger.info("stopping at iteration %d as requested (stop_at_iteration)", engine.state.iteration)
+            engine.terminate()
 
 
 class ResumeFromLatest:
