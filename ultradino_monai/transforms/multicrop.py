@@ -299,7 +299,7 @@ def render_views(
                 contrast_step[i] = 0.0 if use_brightness else 1.0
             if contrast_step.any():
                 target = views_t.mean(dim=(1, 2), keepdim=True).mul_(torch.from_numpy(contrast_step * (1.0 - factor)))
-                torch.addcmul(target, views_t, torch.from_numpy(factor), out=views_t).clamp_(0.0, 1.0)
+                views_t.mul_(torch.from_numpy(factor)).add_(target).clamp_(0.0, 1.0)
             else:
                 views_t.mul_(torch.from_numpy(factor)).clamp_(0.0, 1.0)
 
@@ -333,9 +333,7 @@ def render_views(
             if flag:
                 view = out[i]
                 view.copy_(torch.where(view >= solarize_threshold, 1.0 - view, view))
-    # (x - mean) / std in one pass.
-    inv_std = torch.tensor(1.0 / std, dtype=torch.float32)
-    return torch.addcmul(torch.tensor(-mean / std, dtype=torch.float32), out, inv_std, out=out)
+    return out.sub_(mean).div_(std)
 
 
 @dataclass(frozen=True)
