@@ -659,8 +659,8 @@ def write_archive(out_dir: str | os.PathLike, seed: int, config: ArchiveConfig =
     registry = PhiRegistry()
     for patient in patients:
         register_patient(registry, patient)
-    plane_cycle = list(rng.permutation(len(PLANE_CLASSES)))
-    plane_counter = 0
+    plane_priority = list(rng.permutation(len(PLANE_CLASSES)))
+    frames_per_plane = {c: 0 for c in PLANE_CLASSES}
     format_counter = int(rng.integers(0, 3))
     files = []
     total_frames = 0
@@ -668,10 +668,10 @@ def write_archive(out_dir: str | os.PathLike, seed: int, config: ArchiveConfig =
                                      size=min(config.worksheets, sum(len(p.studies) for p in patients)), replace=False).tolist())
     study_counter = 0
 
-    def next_plane() -> str:
-        nonlocal plane_counter
-        plane = PLANE_CLASSES[plane_cycle[plane_counter % len(plane_cycle)]]
-        plane_counter += 1
+    def next_plane(n_frames: int) -> str:
+        # the class with the fewest frames so far (ties in a seeded order): balanced frames per plane
+        plane = min((PLANE_CLASSES[i] for i in plane_priority), key=lambda c: frames_per_plane[c])
+        frames_per_plane[plane] += n_frames
         return plane
 
     def next_format() -> str:
@@ -752,7 +752,7 @@ def _write_object(out_dir, base, rng, kind, n_frames, next_plane, next_format, p
     path = out_dir / rel
     if kind == "worksheet":
         return _write_worksheet(path, base, patient, study, shape, series_uid, series_number, instance, sop_uid)
-    plane = next_plane()
+    plane = next_plane(n_frames)
     photometric = next_format()
     planes = render_sequence(plane, rng, n_frames, shape, fan_box=style.fan_box(shape), with_label=False,
                              max_rock_lines=4)

@@ -1212,8 +1212,10 @@ def _fetal_parts(rng, scene: Scene, probe: ProbeGeometry, n: int, avoid: tuple[f
 def _place(rng, probe: ProbeGeometry, cavity_top: float, extent: float) -> tuple[float, float]:
     """Centre for a structure of radius ``extent`` inside the fan, below the anterior wall."""
     half_w, _, depth = probe.extent_mm
-    z_lo = cavity_top + extent * 0.7
-    z_hi = max(z_lo + 1.0, depth - extent * 0.6)
+    z_lo = cavity_top + extent * 0.9
+    z_hi = depth - extent * 0.95
+    if z_hi <= z_lo:  # too big to fit whole: centre it in the space below the wall
+        z_lo = z_hi = 0.5 * (cavity_top + depth)
     cz = float(rng.uniform(z_lo, z_hi))
     lateral = (probe.radius_mm + cz) * math.sin(probe.half_fov) - extent * 0.8
     cx = float(rng.uniform(-1, 1) * max(lateral, 0.0) * 0.6)
@@ -1539,13 +1541,15 @@ def _build_intrapartum(rng, with_labels: bool = True) -> Anatomy:
     half_w, _, depth = probe.extent_mm
     background = Tissue(-4.0, atten=0.7, texture_db=3.5)
     sp_len, sp_w = float(rng.uniform(28, 40)), float(rng.uniform(9, 14))
-    sp_angle = math.radians(float(rng.uniform(15, 40)))  # long axis slopes down to the right
-    spx, spz = -half_w * float(rng.uniform(0.25, 0.45)), depth * float(rng.uniform(0.2, 0.32))
+    sp_angle = math.radians(float(rng.uniform(30, 50)))  # long axis slopes down to the right
+    spx, spz = -half_w * float(rng.uniform(0.25, 0.4)), depth * float(rng.uniform(0.14, 0.24))
     apex = (spx + math.cos(sp_angle) * sp_len / 2, spz + math.sin(sp_angle) * sp_len / 2)  # inferior apex
-    aop0 = float(rng.uniform(95, 150))  # angle of progression, sampled 90-160 deg (§2.2)
+    # angle of progression: the reference samples 90-160 deg (§2.2); a video starts at 95-135 and the
+    # head descends from there, which keeps the head lower-right of the symphysis as in JNU-IFM
+    aop0 = float(rng.uniform(95, 130))
     head_a, head_b = ofd / 2, bpd / 2
     head_rot = float(rng.uniform(-0.6, 0.6))
-    gap = float(rng.uniform(8, 25))
+    gap = float(rng.uniform(20, 35))
 
     def scene_for(aop_deg: float) -> Scene:
         scene = Scene(background)
@@ -1561,8 +1565,9 @@ def _build_intrapartum(rng, with_labels: bool = True) -> Anatomy:
         if tz < 0:  # keep the tangent heading into the body
             t_dir = back + math.radians(aop_deg)
             tx, tz = math.cos(t_dir), math.sin(t_dir)
+        # the head lies on the side of the tangent away from the symphysis
         nx, nz = -tz, tx
-        if nx < 0:
+        if nx * math.cos(back) + nz * math.sin(back) > 0:
             nx, nz = -nx, -nz
         rho = 0.5 * (head_a + head_b)
         hx = apex[0] + tx * gap + nx * rho
