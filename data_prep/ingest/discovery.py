@@ -97,13 +97,20 @@ def discover_inputs(root: str | os.PathLike, max_member_bytes: int) -> list[Inpu
     """Every input under ``root`` (zip members expanded) in a stable, sorted order."""
     root = Path(root)
     found: list[tuple[str, Path]] = []
-    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+    unreadable: list[str] = []
+
+    def folder_error(error: OSError) -> None:
+        # A folder that cannot be listed still has to be accounted for.
+        if error.filename and Path(error.filename) != root:
+            unreadable.append(Path(error.filename).relative_to(root).as_posix())
+
+    for folder, dirnames, filenames in os.walk(root, onerror=folder_error, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(folder, d))):
             full = Path(folder) / name
             found.append((full.relative_to(root).as_posix(), full))
     found.sort(key=lambda entry: entry[0])
-    items: list[InputItem] = []
+    items: list[InputItem] = [InputItem(f"{name}/", issue=("quarantined", "unreadable_folder")) for name in unreadable]
     for relpath, full in found:
         try:
             info = os.lstat(full)
@@ -126,4 +133,5 @@ def discover_inputs(root: str | os.PathLike, max_member_bytes: int) -> list[Inpu
             items.extend(_zip_members(relpath, full, stamp, max_member_bytes))
         else:
             items.append(InputItem(relpath, size=info.st_size, stamp=stamp))
+    items.sort(key=lambda item: (item.relpath, item.member or ""))
     return items

@@ -366,7 +366,8 @@ def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: di
 def context_text(header: Dataset, keyword: str) -> str:
     """Printable, length-limited manufacturer/model text for the manifest."""
     text = _text(header, keyword)
-    return "".join(ch for ch in text if ch.isprintable())[:64]
+    # Printable only, and no leading formula characters (CSV injection in spreadsheets).
+    return "".join(ch for ch in text if ch.isprintable())[:64].lstrip("=+-@")
 
 
 def new_record(context: WorkContext, item: InputItem, item_id: str) -> dict[str, Any]:
