@@ -109,11 +109,14 @@ def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 (H, W) array as an 8-bit single-channel PNG, atomically; Pillow adds no timestamp."""
+    """Write a uint8 (H, W) array as an 8-bit single-channel PNG, atomically; Pillow adds no timestamp.
+
+    zlib level 1: about as small as the default on speckle images, and several times faster.
+    """
     if array.dtype != np.uint8 or array.ndim != 2:
         raise ValueError(f"expected a uint8 (H, W) array for {path}, got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
-    Image.fromarray(array, "L").save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(array, "L").save(buffer, format="PNG", compress_level=1)
     _atomic_write_bytes(path, buffer.getvalue())
 
 

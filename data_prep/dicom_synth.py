@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -710,6 +709,7 @@ def write_archive(out_dir: str | os.PathLike, seed: int, config: ArchiveConfig =
                 files.append(record)
                 total_frames += record["frames"] if record["expected"] == "ingest" else 0
     phi = registry.as_dict()
+    logger.info("synthetic archive: %d patients, %d files, %d frames in %s", len(patients), len(files), total_frames, out_dir)
     return {
         "seed": seed,
         "patients": [_patient_record(p) for p in patients],
@@ -833,18 +833,8 @@ def _write_worksheet(path, base, patient, study, shape, series_uid, series_numbe
     }
 
 
-def read_frames(path: str | os.PathLike) -> np.ndarray:
-    """Decode a file written here with pydicom's own decoders: (N, H, W) or (N, H, W, 3) uint8."""
-    ds = pydicom.dcmread(path)
-    array = ds.pixel_array
-    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if n == 1:
-        array = array[None]
-    return array
-
-
 __all__ = [
     "ArchiveConfig", "FakePatient", "FakeStudy", "OverlayStyle", "PhiRegistry", "PIXEL_FORMATS",
-    "PRIVATE_CREATOR", "build_dataset", "burn_overlays", "draw_text", "make_patients", "read_frames",
+    "PRIVATE_CREATOR", "build_dataset", "burn_overlays", "draw_text", "make_patients",
     "ultrasound_region", "write_archive", "write_dataset",
 ]

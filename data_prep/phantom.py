@@ -517,23 +517,6 @@ class Intersection(Shape):
 
 
 @dataclass
-class Union(Shape):
-    shapes: Sequence[Shape]
-
-    def mask(self, x, z):
-        result = self.shapes[0].mask(x, z)
-        for shape in self.shapes[1:]:
-            result |= shape.mask(x, z)
-        return result
-
-    def bounds(self):
-        boxes = [s.bounds() for s in self.shapes]
-        if any(b is None for b in boxes):
-            return None
-        return min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)
-
-
-@dataclass
 class Layer:
     """A shape painted with a tissue; ``label`` None keeps the label underneath."""
 
@@ -650,6 +633,47 @@ class Scene:
             spec[rows, cols][inside] = t.specular
             texture[rows, cols][inside] = t.texture_db
         return SceneSample(echo, atten, spec, texture, None)
+
+    def label_map(self, layout: "FanLayout", theta_shift: float = 0.0) -> np.ndarray:
+        """uint8 (H, W) labels at the display pixels of ``layout`` (no fan mask applied).
+
+        A probe rocked by ``theta_shift`` rad sees the scene rotated about the apex. Only layers
+        with a label can change the map (``None`` inherits), and each is evaluated only on the
+        block of pixels its bounding box can reach, so this costs little more than the
+        labelled structures themselves. Equals the ``label`` of :meth:`sample` on those pixels.
+        """
+        height, width = layout.shape
+        pitch, radius = layout.mm_per_px, layout.probe.radius_mm
+        xs = (np.arange(width, dtype=np.float32) - np.float32(layout.apex_col)) * np.float32(pitch)
+        zrs = (np.arange(height, dtype=np.float32) - np.float32(layout.apex_row)) * np.float32(pitch)  # z + R
+        c, s = math.cos(theta_shift), math.sin(theta_shift)
+        label = np.zeros((height, width), np.uint8)
+        for layer in self.layers:
+            if layer.label is None:
+                continue
+            bounds = layer.shape.bounds()
+            rows, cols = slice(0, height), slice(0, width)
+            if bounds is not None:
+                # scene box -> display box: rotate its corners back by -theta_shift about the apex
+                corners = [(x, z + radius) for x in bounds[:2] for z in bounds[2:]]
+                px = [cx * c - cz * s for cx, cz in corners]
+                pz = [cx * s + cz * c for cx, cz in corners]
+                c0 = max(int(math.floor(min(px) / pitch + layout.apex_col)) - 1, 0)
+                c1 = min(int(math.ceil(max(px) / pitch + layout.apex_col)) + 2, width)
+                r0 = max(int(math.floor(min(pz) / pitch + layout.apex_row)) - 1, 0)
+                r1 = min(int(math.ceil(max(pz) / pitch + layout.apex_row)) + 2, height)
+                if r0 >= r1 or c0 >= c1:
+                    continue
+                rows, cols = slice(r0, r1), slice(c0, c1)
+            bx, bz = xs[None, cols], zrs[rows, None]
+            if theta_shift:
+                qx = bx * np.float32(c) + bz * np.float32(s)
+                qz = -bx * np.float32(s) + bz * np.float32(c) - np.float32(radius)
+            else:
+                qx, qz = np.broadcast_to(bx, (bz.shape[0], bx.shape[1])), np.broadcast_to(bz - np.float32(radius), (bz.shape[0], bx.shape[1]))
+            inside = layer.shape.mask(qx, qz)
+            label[rows, cols][inside] = layer.label
+        return label
 
     def sample(self, x: np.ndarray, z: np.ndarray, apex_z: float, with_label: bool = True) -> SceneSample:
         """Evaluate all layers at points (x, z) in mm; ``apex_z`` is the probe apex for specular incidence."""
@@ -825,6 +849,12 @@ def _complex_noise(rng: np.random.Generator, shape) -> np.ndarray:
     return out
 
 
+def draw_speckle(rng: np.random.Generator, grid: PolarGrid, n_realisations: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(scatterer, receiver) complex white noise pairs for :func:`acquire`, one per realisation."""
+    shape = (grid.r.size, grid.theta.size)
+    return [(_complex_noise(rng, shape), _complex_noise(rng, shape)) for _ in range(n_realisations)]
+
+
 def tissue_texture(rng: np.random.Generator, grid: PolarGrid) -> np.ndarray:
     """Unit-variance tissue heterogeneity (not speckle): ~1 mm microstructure plus ~6 mm patchiness.
 
@@ -863,10 +893,9 @@ def acquire(
     scene: Scene,
     grid: PolarGrid,
     params: ImagingParams,
-    rng: np.random.Generator,
+    noise: Sequence[tuple[np.ndarray, np.ndarray]],
     tgc_curve_db: np.ndarray,
     texture: np.ndarray,
-    n_realisations: int = 1,
     reverb_depth_mm: float | None = None,
 ) -> Acquisition:
     """Form the received echo field of ``scene`` on ``grid`` (reference §1.3 steps 1-3, §1.4).
@@ -880,6 +909,10 @@ def acquire(
       Gaussian PSF; the PSF is scaled to keep the mean speckle energy of a unit field;
     * gain: the TGC removes the nominal 0.5 dB/cm/MHz law plus a residual and follows the
       scene's median loss only partly, so enhancement behind fluid and shadows survive.
+
+    ``noise`` holds one (scatterer, receiver) pair of complex white noise fields of the grid's
+    shape per speckle realisation (:func:`draw_speckle`); re-simulated frames of a sequence reuse
+    them so tissue keeps its speckle.
     """
     probe = grid.probe
     props = scene.sample_polar(grid.r, grid.theta, probe.radius_mm)
@@ -915,9 +948,9 @@ def acquire(
     floor = np.float32(10.0 ** ((-float(nominal_db[-1]) + params.noise_floor_db) / 20.0))
     energy = np.float32(math.sqrt(4.0 * math.pi * sigma_axial * sigma_lateral))
     fields = []
-    for _ in range(n_realisations):
-        received = (diffuse * _complex_noise(rng, diffuse.shape) + coherent) * loss
-        received += floor * _complex_noise(rng, diffuse.shape)
+    for scatter, electronic in noise:
+        received = (diffuse * scatter + coherent) * loss
+        received += floor * electronic
         blurred = np.empty_like(received)
         blurred.real = ndimage.gaussian_filter(received.real, (sigma_axial, sigma_lateral), mode="nearest", truncate=3.0)
         blurred.imag = ndimage.gaussian_filter(received.imag, (sigma_axial, sigma_lateral), mode="nearest", truncate=3.0)
@@ -1027,8 +1060,8 @@ def auto_optimise(
     the targets independently of the anatomy keeps image-wide intensity statistics free of
     plane information. The DR search range is wider than the 50-60 dB of §1.3 because here
     DR doubles as the contrast control. Pixels outside the fan count as 0, as they do in
-    the stored image. Nested bisection on a histogram of the fan: mean falls as ref rises,
-    and for a fixed mean the std falls as DR widens.
+    the stored image. Works on a histogram of the fan: the mean falls as ref rises, and
+    for a fixed mean the std falls as DR widens, so both are found by bracketing on a grid.
     """
     values = image_db[fan]
     if values.size == 0:
@@ -1038,35 +1071,40 @@ def auto_optimise(
     centres = 0.5 * (edges[:-1] + edges[1:])
     weights = counts / float(image_db.size)  # fraction of the whole frame per bin
 
-    def stats(refs, dr):
-        refs = np.atleast_1d(np.asarray(refs, dtype=np.float64))
-        grey = 255.0 * np.clip((centres[None, :] - (refs[:, None] - dr)) / dr, 0.0, 1.0)
+    def grey_stats(refs: np.ndarray, drs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-frame grey mean and std for refs (D, K) under dynamic ranges drs (D,)."""
+        floor = (refs - drs[:, None])[..., None]
+        grey = 255.0 * np.clip((centres[None, None, :] - floor) / drs[:, None, None], 0.0, 1.0)
         mean = grey @ weights
-        std = np.sqrt(np.maximum((grey * grey) @ weights - mean * mean, 0.0))
-        return mean, std
+        return mean, np.sqrt(np.maximum((grey * grey) @ weights - mean * mean, 0.0))
 
-    def ref_for_mean(dr):
-        # mean grey falls monotonically as ref rises: scan a coarse then a fine grid of refs
-        lo, hi = float(edges[0]) - 1.0, float(edges[-1]) + dr
+    def ref_for_mean(drs: np.ndarray) -> np.ndarray:
+        # the mean falls monotonically as ref rises: bracket the target on a grid, twice, then interpolate
+        lo = np.full(drs.shape, float(edges[0]) - 1.0)
+        hi = float(edges[-1]) + drs
+        steps = np.linspace(0.0, 1.0, 40)
         for _ in range(2):
-            refs = np.linspace(lo, hi, 40)
-            means = stats(refs, dr)[0]
-            above = int(np.searchsorted(-means, -target_mean))  # first ref whose mean <= target
-            above = min(max(above, 1), len(refs) - 1)
-            lo, hi = float(refs[above - 1]), float(refs[above])
-        m_lo, m_hi = stats([lo, hi], dr)[0]
-        frac = 0.0 if m_lo == m_hi else float(np.clip((m_lo - target_mean) / (m_lo - m_hi), 0.0, 1.0))
+            refs = lo[:, None] + (hi - lo)[:, None] * steps[None, :]
+            means = grey_stats(refs, drs)[0]
+            k = np.clip((means > target_mean).sum(axis=1), 1, len(steps) - 1)
+            rows = np.arange(len(drs))
+            lo, hi = refs[rows, k - 1], refs[rows, k]
+        m_lo, m_hi = grey_stats(np.stack([lo, hi], axis=1), drs)[0].T
+        frac = np.clip(np.divide(m_lo - target_mean, m_lo - m_hi, out=np.zeros_like(m_lo), where=m_lo != m_hi), 0, 1)
         return lo + frac * (hi - lo)
 
+    # for a fixed mean the std falls as DR widens: bracket the target DR on a grid, twice, then interpolate
     dr_lo, dr_hi = dr_range
-    for _ in range(11):
-        dr = 0.5 * (dr_lo + dr_hi)
-        if stats(ref_for_mean(dr), dr)[1][0] > target_std:
-            dr_lo = dr
-        else:
-            dr_hi = dr
-    dr = 0.5 * (dr_lo + dr_hi)
-    return ref_for_mean(dr), dr
+    for _ in range(2):
+        drs = np.linspace(dr_lo, dr_hi, 12)
+        refs = ref_for_mean(drs)
+        stds = grey_stats(refs[:, None], drs)[1][:, 0]
+        k = int(np.clip((stds > target_std).sum(), 1, len(drs) - 1))
+        dr_lo, dr_hi = float(drs[k - 1]), float(drs[k])
+        s_lo, s_hi = float(stds[k - 1]), float(stds[k])
+    frac = 0.0 if s_lo == s_hi else float(np.clip((s_lo - target_std) / (s_lo - s_hi), 0.0, 1.0))
+    dr = dr_lo + frac * (dr_hi - dr_lo)
+    return float(ref_for_mean(np.array([dr]))[0]), dr
 
 
 # --------------------------------------------------------------------------------------
@@ -1423,7 +1461,7 @@ def _build_thorax(rng) -> Anatomy:
 
 def _build_cervix(rng) -> Anatomy:
     probe = ProbeGeometry.sample_endocavity(rng)
-    scene = Scene(Tissue(-3.0, atten=0.7, texture_db=3.0))
+    scene = Scene(Tissue(-3.0, atten=0.7, texture_db=4.5))
     # cervical length, Iams NEJM 1996: 35.2 ± 8.3 mm at 24 wk (§2.2)
     length = float(np.clip(rng.normal(35.2, 8.3), 15, 50))
     width = float(rng.uniform(20, 30))
@@ -1437,7 +1475,7 @@ def _build_cervix(rng) -> Anatomy:
         scene.add(Ellipse(ix - sign * 18, iz - 22, float(rng.uniform(15, 30)), float(rng.uniform(8, 16)),
                           float(rng.uniform(-0.4, 0.4)), _wobble(rng, 0.08)), FLUID)
     # amniotic cavity beyond the internal os, with the lower uterine segment wall around it
-    sac = Ellipse(ix + sign * 30, iz + 28, float(rng.uniform(35, 55)), float(rng.uniform(28, 42)),
+    sac = Ellipse(ix + sign * 30, iz + 28, float(rng.uniform(40, 60)), float(rng.uniform(30, 45)),
                   float(rng.uniform(-0.5, 0.5)), _wobble(rng, 0.05))
     scene.add(Ellipse(sac.cx, sac.cz, sac.a + 8, sac.b + 8, sac.angle), _jitter(MYOMETRIUM, rng))
     scene.add(sac, FLUID)
@@ -1451,6 +1489,13 @@ def _build_cervix(rng) -> Anatomy:
     scene.add(Capsule(ex, ez, ix, iz, gland_w), _jitter(Tissue(-7.0, atten=0.7, texture_db=2.0), rng))
     mucosa_w = float(rng.uniform(0.9, 1.6))
     scene.add(Capsule(ex, ez, ix, iz, mucosa_w), _jitter(Tissue(11.0, atten=0.7, specular=0.3, texture_db=1.5, angle_db=4.0), rng))
+    # Nabothian cysts: small anechoic retention cysts in the stroma, common and harmless
+    for _ in range(int(rng.integers(0, 4))):
+        t = float(rng.uniform(0.15, 0.85))
+        off = float(rng.uniform(0.35, 0.8)) * width / 2 * (1 if rng.random() < 0.5 else -1)
+        px, pz = ex + t * (ix - ex) - off * math.sin(angle) * sign, ez + t * (iz - ez) + off * math.cos(angle)
+        radius = float(rng.uniform(1.5, 5.0))
+        scene.add(Ellipse(px, pz, radius, radius * float(rng.uniform(0.7, 1.0)), float(rng.uniform(0, math.pi))), FLUID)
     # external os lips and vaginal fornices near the probe face
     scene.add(Capsule(ex - sign * 5, ez - 5, ex + sign * 3, ez - 1, 1.5), _jitter(BRIGHT_LINE, rng, 3))
     scene.add(Ellipse(ex, ez, 3.0, 2.0), _jitter(Tissue(-10.0, atten=0.7), rng))
@@ -1638,17 +1683,8 @@ def _json_value(value):
 
 
 def _label_map(scene: Scene, layout: FanLayout, fan: np.ndarray, theta_shift: float) -> np.ndarray:
-    """Labels evaluated at display pixels (exact, no interpolation); a rocked probe rotates them about the apex."""
-    rows = np.arange(layout.shape[0], dtype=np.float32)[:, None]
-    cols = np.arange(layout.shape[1], dtype=np.float32)[None, :]
-    x, z = np.broadcast_arrays(*layout.pixel_mm(rows, cols))
-    if theta_shift:
-        zr = z + np.float32(layout.probe.radius_mm)
-        c, s = np.float32(math.cos(theta_shift)), np.float32(math.sin(theta_shift))
-        x, z = x * c + zr * s, -x * s + zr * c - np.float32(layout.probe.radius_mm)
-    sample = scene.sample(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(z, np.float32),
-                          -layout.probe.radius_mm, with_label=True)
-    return np.where(fan, sample.label, 0).astype(np.uint8)
+    """Labels evaluated exactly at display pixels (no interpolation), zero outside the fan."""
+    return np.where(fan, scene.label_map(layout, theta_shift), 0).astype(np.uint8)
 
 
 def render_sequence(
@@ -1704,7 +1740,7 @@ def render_sequence(
     decorrelation = float(rng.uniform(0.03, 0.08))  # rad of speckle mixing per frame
     aop_rate = float(rng.uniform(0.5, 2.0))
     aop0 = anatomy.info.get("aop_deg")
-    noise_seed = int(rng.integers(0, 2**63))
+    noise = draw_speckle(rng, grid, n_real)
     acquisition = None
     frames = []
     smoothing_px = params.smoothing_mm / layout.mm_per_px
@@ -1719,8 +1755,7 @@ def render_sequence(
             scene = anatomy.rebuild(aop0 + aop_rate * k)
         if acquisition is None or anatomy.rebuild is not None:
             # the same speckle draw for every re-simulated frame: tissue keeps its speckle
-            acquisition = acquire(scene, grid, params, np.random.default_rng(noise_seed), tgc, texture, n_real,
-                                  anatomy.reverb_depth_mm)
+            acquisition = acquire(scene, grid, params, noise, tgc, texture, anatomy.reverb_depth_mm)
         polar = envelope_db(acquisition, params, shift, decorrelation * k)
         image_db = converter(polar, fill=-300.0)
         if smoothing_px > 0.3:  # speckle reduction / persistence on the display, inside the fan's box
@@ -1752,6 +1787,8 @@ def render_sequence(
         frames.append(PlaneImage(image, label, info))
     for frame in frames:
         frame.info["fan_bbox"] = list(fan_box_px)
+    logger.debug("rendered %s: %d frame(s) %s, depth %.0f mm, %.3f mm/px, DR %.1f dB", plane, n_frames, shape,
+                 anatomy.probe.depth_mm, layout.mm_per_px, dynamic_range)
     return frames
 
 

@@ -84,7 +84,7 @@ def _homogeneous_acquisition(seed=0, tissue=None, extra_layers=()):
     rng = np.random.default_rng(seed)
     tgc = P.tgc_curve(grid, params, rng)
     texture = np.zeros((grid.r.size, grid.theta.size), np.float32)
-    acq = P.acquire(scene, grid, params, rng, tgc, texture)
+    acq = P.acquire(scene, grid, params, P.draw_speckle(rng, grid), tgc, texture)
     return grid, params, acq
 
 
@@ -142,6 +142,23 @@ def test_polar_block_sampling_equals_pointwise_sampling():
         assert (fast.echo_db != slow.echo_db).mean() < 1e-3, plane
         assert (fast.atten != slow.atten).mean() < 1e-3, plane
         assert (fast.echo_db == slow.echo_db).all(axis=0).mean() > 0.9, plane
+
+
+@pytest.mark.parametrize("plane", ["abdomen", "intrapartum"])
+@pytest.mark.parametrize("theta_shift", [0.0, 0.02])
+def test_block_label_map_equals_pointwise_labels(plane, theta_shift):
+    anatomy = P._BUILDERS[P.canonical_plane(plane)](np.random.default_rng(8))
+    layout = P.FanLayout.fit(anatomy.probe, (120, 160))
+    fast = anatomy.scene.label_map(layout, theta_shift)
+    rows = np.arange(120, dtype=np.float32)[:, None]
+    cols = np.arange(160, dtype=np.float32)[None, :]
+    x, z = np.broadcast_arrays(*layout.pixel_mm(rows, cols))
+    zr = z + np.float32(anatomy.probe.radius_mm)
+    c, s = np.float32(math.cos(theta_shift)), np.float32(math.sin(theta_shift))
+    qx, qz = x * c + zr * s, -x * s + zr * c - np.float32(anatomy.probe.radius_mm)
+    slow = anatomy.scene.sample(np.ascontiguousarray(qx), np.ascontiguousarray(qz), -anatomy.probe.radius_mm).label
+    assert (fast != slow).mean() < 1e-3
+    assert len(np.unique(fast)) >= 3
 
 
 def test_scan_converter_is_bilinear():
@@ -233,6 +250,16 @@ def test_cine_frames_are_correlated_but_move():
         assert 0.3 < np.corrcoef(first.ravel(), other.ravel())[0, 1] < 0.999
     # the display settings of the first frame are kept for the loop
     assert len({f.info["dynamic_range_db"] for f in frames}) == 1
+
+
+def test_labels_stay_aligned_with_the_image_while_the_probe_rocks():
+    frames = P.render_sequence("abdomen", np.random.default_rng(4), 4, (160, 200), max_rock_lines=10)
+    assert len({f.info["rock_lines"] for f in frames}) > 1
+    for frame in frames:
+        image = frame.image.astype(np.float64)
+        stomach, liver = image[frame.label == 3], image[frame.label == 2]
+        assert stomach.size > 20 and liver.size > 200
+        assert stomach.mean() < 0.5 * liver.mean()  # the fluid-filled stomach is dark where it is labelled
 
 
 def test_intrapartum_sequence_head_descends():
