@@ -17,6 +17,7 @@ from data_prep.ingest.deid import PERMITTED_REPLACEMENTS, HeaderDeidentifier, ad
 from data_prep.ingest.keys import Pseudonymizer, SecretKeyError, load_secret_key
 from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset
 
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on the broken dates we feed it
 KEY = b"unit-test-key-0123456789abcdef"
 
 

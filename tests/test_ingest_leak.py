@@ -27,7 +27,6 @@ from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
 
 from data_prep.ingest import Pseudonymizer
 from data_prep.ingest.annex_e import blocklist_violations

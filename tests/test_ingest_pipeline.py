@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,6 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from data_prep.ingest import IngestConfig, Pseudonymizer, run_ingest
-from data_prep.ingest.config import BannerPolicy
 from data_prep.ingest.discovery import InputItem
 from data_prep.ingest.process import WorkContext, process_item
 from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset, save
