@@ -291,7 +291,7 @@ def test_fuzzed_files_never_crash_and_are_all_accounted(tmp_path, key_file):
     assert "internal_error" not in reasons and "worker_crash" not in reasons
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(edits=st.lists(st.tuples(st.integers(0, 3999), st.integers(0, 255)), min_size=1, max_size=20), cut=st.integers(200, 4000))
 def test_hypothesis_mutations_give_a_record_not_a_crash(tmp_path, edits, cut):
     base = _FUZZ_BASE

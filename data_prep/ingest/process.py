@@ -241,6 +241,8 @@ def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: di
         header.remove_private_tags()
         for _ in header.iterall():
             pass
+        for _ in getattr(header, "file_meta", Dataset()).iterall():
+            pass
     except Exception:
         raise _Reject("quarantined", "malformed_header") from None
     verdict = classify_sop_class(header)
