@@ -513,7 +513,8 @@ def build_dataset(
     ds.InstitutionAddress = study.institution_address
     ds.ReferringPhysicianName = study.referring
     ds.StationName = study.station
-    ds.StudyDescription = study.description
+    # some sites type the name into the description; every third study here does
+    ds.StudyDescription = study.description + (f" {patient.family.upper()}" if study.index % 3 == patient.index % 3 else "")
     ds.SeriesDescription = "OB" if sop_class != SecondaryCaptureImageStorage else "Worksheet"
     ds.PerformingPhysicianName = study.performing
     ds.OperatorsName = study.operator
@@ -706,6 +707,10 @@ def write_archive(out_dir: str | os.PathLike, seed: int, config: ArchiveConfig =
                 registry.add("uids", sop_uid)
                 record = _write_object(out_dir, base, rng, kind, n_frames, next_plane, next_format, patient, study, style,
                                        series_uid, series_number, instance, sop_uid, config, path_style)
+                # folder names that carry identifiers (patient-named exports, accession folders)
+                for part in Path(record["path"]).parent.parts:
+                    if any(token in part for token in (patient.patient_id, study.accession, patient.family.upper())):
+                        registry.add("paths", part)
                 files.append(record)
                 total_frames += record["frames"] if record["expected"] == "ingest" else 0
     phi = registry.as_dict()

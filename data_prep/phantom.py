@@ -1067,16 +1067,27 @@ def auto_optimise(
     if values.size == 0:
         raise ValueError("the fan does not cover any display pixel")
     # a fine histogram of the fan values stands in for the pixels (the outside adds zeros)
-    counts, edges = np.histogram(values, bins=384)
+    counts, edges = np.histogram(values, bins=1024)
     centres = 0.5 * (edges[:-1] + edges[1:])
     weights = counts / float(image_db.size)  # fraction of the whole frame per bin
 
+    # the grey map is 0 below ref - DR, 255 above ref and linear between, so the frame's grey
+    # mean and second moment follow from cumulative sums of the histogram in O(log bins)
+    cum_w = np.concatenate([[0.0], np.cumsum(weights)])
+    cum_c = np.concatenate([[0.0], np.cumsum(weights * centres)])
+    cum_c2 = np.concatenate([[0.0], np.cumsum(weights * centres * centres)])
+
     def grey_stats(refs: np.ndarray, drs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole-frame grey mean and std for refs (D, K) under dynamic ranges drs (D,)."""
-        floor = (refs - drs[:, None])[..., None]
-        grey = 255.0 * np.clip((centres[None, None, :] - floor) / drs[:, None, None], 0.0, 1.0)
-        mean = grey @ weights
-        return mean, np.sqrt(np.maximum((grey * grey) @ weights - mean * mean, 0.0))
+        dr = np.broadcast_to(np.asarray(drs, np.float64)[:, None], np.shape(refs))
+        lo = refs - dr
+        i = np.searchsorted(centres, lo, side="right")
+        j = np.searchsorted(centres, refs, side="right")
+        w_mid, s1, s2 = cum_w[j] - cum_w[i], cum_c[j] - cum_c[i], cum_c2[j] - cum_c2[i]
+        w_top = cum_w[-1] - cum_w[j]
+        m1 = w_top + (s1 - lo * w_mid) / dr
+        m2 = w_top + (s2 - 2.0 * lo * s1 + lo * lo * w_mid) / (dr * dr)
+        return 255.0 * m1, 255.0 * np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
 
     def ref_for_mean(drs: np.ndarray) -> np.ndarray:
         # the mean falls monotonically as ref rises: bracket the target on a grid, twice, then interpolate

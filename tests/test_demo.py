@@ -242,6 +242,8 @@ def test_phi_truth_list_lives_outside_archive(demo_dirs, phi):
     assert phi["seed"] == SEED and phi["version"] == demo.DEMO_VERSION
     names_in_paths = [f["path"] for f in phi["files"] if any(p["patient_id"] in f["path"] for p in phi["patients"])]
     assert names_in_paths  # the "named" export style leaks identifiers into folder names
+    for path in names_in_paths:
+        assert any(folder in path.split("/") for folder in phi["phi"]["paths"])
     for record in phi["files"]:
         assert (root / record["path"]).is_file()
 
