@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,8 @@ from monai.engines.utils import PrepareBatch, default_prepare_batch
 from torch import nn
 
 from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic
+from ultradino_monai.engines.handlers import is_main_process
+from ultradino_monai.evaluation.linear_probe import all_gather_variable
 from ultradino_monai.networks.checkpoints import CheckpointError, LoadedBackbone, load_backbone
 from ultradino_monai.networks.classifier import Classifier, backbone_config, build_backbone_from_config
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_SIDECAR_FORMAT",
+    "is_main_process",
     "resolve_datalist",
     "class_names",
     "load_task_backbone",
@@ -55,10 +57,8 @@ __all__ = [
     "DecodeDicomFramed",
     "inference_transforms",
     "ProbabilityCSVWriter",
-    "export_onnx",
     "backbone_record",
     "backbone_name",
-    "iterations_per_epoch",
     "decode_dicom_frame",
 ]
 
@@ -152,13 +152,12 @@ def load_task_backbone(
         logger.warning("pretrained checkpoint %s not found: using a RANDOMLY INITIALISED backbone", pretrained_ckpt)
         scratch = True
     if scratch:
-        kwargs = dict(random_init or {})
-        kwargs.setdefault("img_size", img_size or 224)
-        arch_name = kwargs.pop("arch", arch)
+        overrides = dict(random_init or {})
+        arch_name = overrides.pop("arch", arch)
+        registers = overrides.pop("num_register_tokens", None)
         return load_backbone(
-            None, arch=arch_name, in_chans=in_chans, drop_path_rate=drop_path_rate,
-            num_register_tokens=num_register_tokens if num_register_tokens is not None else kwargs.pop("num_register_tokens", 4),
-            **kwargs,
+            None, arch=arch_name, in_chans=in_chans, img_size=img_size or 224, drop_path_rate=drop_path_rate,
+            num_register_tokens=num_register_tokens if num_register_tokens is not None else registers, **overrides,
         )
     return load_backbone(
         pretrained_ckpt, source=source, arch=arch, in_chans=in_chans, img_size=img_size,
@@ -268,7 +267,7 @@ class MixupPrepareBatch(PrepareBatch):
         from timm.data.mixup import mixup_target
 
         images, labels = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-        images = torch.as_tensor(images)  # a plain tensor: timm mixes in place
+        images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)  # no MONAI meta
         labels = torch.as_tensor(labels).reshape(-1).long()
         if self.mixup is None:
             return images, mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
@@ -372,12 +371,7 @@ class PredictionCollector(Metric):
     def _gather(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._labels:
             raise RuntimeError(f"{type(self).__name__} needs at least one batch before compute()")
-        probabilities, labels = torch.cat(self._probabilities), torch.cat(self._labels)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from ignite.distributed import all_gather
-
-            probabilities, labels = all_gather(probabilities), all_gather(labels)
-        return probabilities, labels
+        return all_gather_variable(torch.cat(self._probabilities)), all_gather_variable(torch.cat(self._labels))
 
     def compute(self) -> float:
         probabilities, labels = self._gather()
@@ -437,7 +431,8 @@ def write_model_sidecar(
     }
     if len(document["classes"]) != module.num_classes:
         raise ValueError(f"{len(classes)} class names for a {module.num_classes}-class network")
-    write_json_atomic(path, document)
+    if is_main_process():
+        write_json_atomic(path, document)
     return document
 
 
@@ -826,44 +821,3 @@ class ProbabilityCSVWriter:
         temporary.write_text(buffer.getvalue())
         os.replace(temporary, self.path)
         logger.info("wrote %d prediction rows to %s", len(self.rows), self.path)
-
-
-# -------------------------------------------------------------------------- export
-def export_onnx(
-    network: nn.Module,
-    path: str | os.PathLike,
-    input_shape: Sequence[int],
-    ckpt_file: str | os.PathLike | None = None,
-    opset_version: int = 17,
-) -> str:
-    """Export a classifier to ONNX (legacy TorchScript-based exporter, ``dynamo=False``).
-
-    The batch axis is dynamic; the spatial size is fixed to ``input_shape[2:]``. Input name
-    ``image``, output name ``pred``. Written atomically.
-    """
-    if ckpt_file is not None:
-        network.load_state_dict(torch.load(ckpt_file, map_location="cpu", weights_only=True))
-    network = network.eval().cpu()
-    example = torch.randn(*[int(s) for s in input_shape])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.onnx.export(
-        network, (example,), str(temporary), input_names=["image"], output_names=["pred"],
-        dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=opset_version, dynamo=False,
-    )
-    os.replace(temporary, path)
-    logger.info("exported ONNX model to %s (input %s)", path, list(example.shape))
-    return str(path)
-
-
-def iterations_per_epoch(dataset_size: int, batch_size: int, drop_last: bool = True, world_size: int = 1) -> int:
-    """Iterations of one pass over ``dataset_size`` items at ``batch_size`` per process."""
-    per_process = math.ceil(int(dataset_size) / int(world_size))
-    count = per_process // int(batch_size) if drop_last else math.ceil(per_process / int(batch_size))
-    if count < 1:
-        raise ValueError(
-            f"{dataset_size} training items give no full batch of {batch_size} per process; lower batch_size"
-        )
-    return count
-

@@ -63,6 +63,7 @@ __all__ = [
     "SummedCrossEntropy",
     "HeadGridMetric",
     "select_best_head",
+    "all_gather_variable",
     "probe_optimizer",
     "state_dict_digest",
     "feature_cache_key",
@@ -217,7 +218,12 @@ class LinearHead(nn.Module):
 
 
 class LinearHeadGrid(nn.Module):
-    """All heads of :func:`head_grid`; ``forward(features) -> {name: logits}`` in grid order.
+    """All heads of :func:`head_grid`; ``forward(features) -> logits [num_heads, B, num_classes]`` in grid order.
+
+    Every head is its own :class:`LinearHead` (its own optimiser group and learning rate), but
+    the forward pass is batched: heads that read the same input (same n_last_blocks and
+    avgpool) are evaluated with one ``einsum`` over their stacked weights, so the 52 heads cost
+    a handful of kernels instead of hundreds. ``out[i]`` equals ``heads[specs[i].name](features)``.
 
     Args:
         specs: the heads (names must be unique).
@@ -242,9 +248,31 @@ class LinearHeadGrid(nn.Module):
                 for spec in specs
             }
         )
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for index, spec in enumerate(self.specs):
+            groups.setdefault((spec.n_last_blocks, spec.use_avgpool), []).append(index)
+        self._groups = [(key, [self.specs[i].name for i in members]) for key, members in groups.items()]
+        group_order = [i for members in groups.values() for i in members]
+        # position of each grid head in the group-ordered output
+        inverse = torch.empty(len(group_order), dtype=torch.long)
+        inverse[torch.tensor(group_order)] = torch.arange(len(group_order))
+        self.register_buffer("_grid_order", inverse, persistent=False)
+        self._in_grid_order = group_order == list(range(len(group_order)))
 
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: head(features) for name, head in self.heads.items()}
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for (n_last_blocks, use_avgpool), names in self._groups:
+            first = self.heads[names[0]]
+            inputs = first.linear_input(features)  # [B, in]
+            weight = torch.stack([self.heads[name].linear.weight for name in names])  # [h, C, in]
+            bias = torch.stack([self.heads[name].linear.bias for name in names])  # [h, C]
+            parts.append(torch.einsum("bi,hci->hbc", inputs, weight) + bias[:, None])
+        logits = torch.cat(parts)
+        return logits if self._in_grid_order else logits[self._grid_order]
 
     def param_groups(self) -> list[dict[str, Any]]:
         """One optimiser group per head with that head's learning rate."""
@@ -257,7 +285,7 @@ class LinearProbeModel(nn.Module):
     With images the extractor runs first (one backbone pass for all heads); 3-D inputs are
     taken to be features computed by the same extractor (the feature cache).
 
-    Output: ``{head name: logits [B, num_classes]}``.
+    Output: logits ``[num_heads, B, num_classes]`` in grid order.
     """
 
     def __init__(self, grid: LinearHeadGrid, extractor: FrozenFeatureExtractor | None = None) -> None:
@@ -269,7 +297,7 @@ class LinearProbeModel(nn.Module):
         self.extractor = extractor
         self.grid = grid
 
-    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.ndim == 4:
             if self.extractor is None:
                 raise ValueError("this probe has no backbone: pass cached features [B, K+1, D], not images")
@@ -284,24 +312,20 @@ class LinearProbeModel(nn.Module):
 class SummedCrossEntropy(nn.Module):
     """Sum over heads of the batch-mean cross-entropy (DINOv2: ``sum(losses.values())``).
 
-    ``targets``: class indices ``[B]`` (or ``[B, 1]``), or soft targets ``[B, C]`` (Mixup),
-    for which the cross-entropy is ``-sum(target * log_softmax(logits))``.
+    ``logits``: ``[num_heads, B, C]``. ``targets``: class indices ``[B]`` (or ``[B, 1]``), or
+    soft targets ``[B, C]`` (Mixup), for which the cross-entropy is
+    ``-sum(target * log_softmax(logits))``.
     """
 
-    def forward(self, logits: Mapping[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        if not logits:
-            raise ValueError("no head outputs")
-        soft = targets.is_floating_point() and targets.ndim == 2 and targets.shape[1] > 1
-        if not soft:
-            targets = targets.reshape(-1).long()
-        total = None
-        for output in logits.values():
-            if soft:
-                loss = torch.sum(-targets * F.log_softmax(output.float(), dim=-1), dim=-1).mean()
-            else:
-                loss = F.cross_entropy(output.float(), targets)
-            total = loss if total is None else total + loss
-        return total
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 3:
+            raise ValueError(f"expected head logits [num_heads, B, C], got {tuple(logits.shape)}")
+        heads, batch, classes = logits.shape
+        logits = logits.float()
+        if targets.is_floating_point() and targets.ndim == 2 and targets.shape[1] == classes:
+            return (-(targets[None] * F.log_softmax(logits, dim=-1)).sum(dim=-1)).mean(dim=-1).sum()
+        targets = targets.reshape(-1).long()
+        return F.cross_entropy(logits.reshape(heads * batch, classes), targets.repeat(heads), reduction="sum") / batch
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -340,26 +364,47 @@ class HeadGridMetric(Metric):
         self._predictions: dict[str, list[torch.Tensor]] = {spec.name: [] for spec in self.specs}
 
     @reinit__is_reduced
-    def update(self, output: tuple[Mapping[str, torch.Tensor], torch.Tensor]) -> None:
-        logits, labels = output
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        logits, labels = output  # [num_heads, B, C], [B]
+        if logits.ndim != 3 or logits.shape[0] != len(self.specs):
+            raise ValueError(f"expected logits [{len(self.specs)}, B, C], got {tuple(logits.shape)}")
         self._labels.append(torch.as_tensor(labels).detach().reshape(-1).long().cpu())
-        for spec in self.specs:
-            self._predictions[spec.name].append(logits[spec.name].detach().argmax(dim=-1).reshape(-1).cpu())
+        predictions = logits.detach().argmax(dim=-1).cpu()
+        for spec, row in zip(self.specs, predictions):
+            self._predictions[spec.name].append(row)
 
     def compute(self) -> float:
         if not self._labels:
             raise RuntimeError("HeadGridMetric needs at least one batch before compute()")
-        labels = torch.cat(self._labels)
-        predictions = {name: torch.cat(parts) for name, parts in self._predictions.items()}
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from ignite.distributed import all_gather
-
-            labels = all_gather(labels)
-            predictions = {name: all_gather(p) for name, p in predictions.items()}
+        labels = all_gather_variable(torch.cat(self._labels))
+        predictions = {name: all_gather_variable(torch.cat(parts)) for name, parts in self._predictions.items()}
         accuracy = {name: float((p == labels).double().mean()) for name, p in predictions.items()}
         best = select_best_head(accuracy, self.specs)
         self.results = {"accuracy": accuracy, "best_head": best, "labels": labels, "predictions": predictions}
         return accuracy[self.report_head() if self.report_head is not None else best]
+
+
+def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every process along dim 0 (sizes may differ); identity without DDP.
+
+    A validation ``DistributedSampler(even_divisible=False)`` gives the processes different
+    numbers of samples; ``torch.distributed.all_gather`` needs equal shapes, so the rows are
+    padded to the largest count and the padding is dropped again.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    world = torch.distributed.get_world_size()
+    device = tensor.device if torch.distributed.get_backend() != "nccl" else torch.device("cuda", torch.cuda.current_device())
+    local = tensor.to(device)
+    count = torch.tensor([local.shape[0]], device=device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    torch.distributed.all_gather(counts, count)
+    longest = int(max(int(c) for c in counts))
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(gathered, counts)]).to(tensor.device)
 
 
 def select_best_head(accuracy: Mapping[str, float], specs: Sequence[HeadSpec]) -> str:

@@ -68,6 +68,10 @@ class Classifier(nn.Module):
         if not isinstance(embed_dim, int):
             raise TypeError(f"backbone {type(backbone).__name__} has no integer 'embed_dim'")
         self.backbone = backbone
+        mask_token = getattr(backbone, "mask_token", None)
+        if isinstance(mask_token, nn.Parameter):
+            # only used by masked-image pretraining; frozen so DDP does not wait for its gradient
+            mask_token.requires_grad_(False)
         self.head = ClassificationHead(embed_dim, num_classes, batch_norm=batch_norm)
         self.num_classes = int(num_classes)
 
