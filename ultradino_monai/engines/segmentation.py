@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SPEC_FORMAT",
     "BuiltSegmenter",
+    "FinalValidationHandler",
     "METHOD_NAMES",
     "PALETTE",
     "PredictionWriter",
@@ -831,6 +832,31 @@ class ValidationRecorder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as stream:
                 stream.write(json.dumps(record) + "\n")
+
+
+class FinalValidationHandler:
+    """Validate once more when training stops between two validations.
+
+    mmengine's iteration-based loop (UltraDINO, §1.5) validates every ``interval`` iterations
+    *and* at the last one; MONAI's ``ValidationHandler`` covers the first part. At the
+    trainer's ``COMPLETED`` this runs ``validator`` if the last iteration was not a multiple of
+    ``interval`` (so the final weights can still become the best checkpoint).
+    """
+
+    def __init__(self, validator, interval: int) -> None:
+        self.validator = validator
+        self.interval = int(interval)
+        if self.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if engine.state.iteration % self.interval:
+            self.validator.run(engine.state.epoch)
 
 
 def finish_training(
