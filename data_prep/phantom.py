@@ -13,18 +13,24 @@ and scan-converted onto the display, following
 * per-ray attenuation is accumulated along each line and a TGC removes only the
   nominal 0.5 dB/cm/MHz law plus a residual (§1.4), so posterior enhancement
   appears behind fluid and clean or partial shadows behind bone;
-* log compression maps a sampled dynamic range (§1.3) to 0..255, and the display
-  gain is an auto-gain towards a target brightness that is drawn independently of
-  the anatomy (so image-wide intensity statistics do not give the plane away);
-* ``scipy.ndimage.map_coordinates`` does the scan conversion (order 1 for the
-  image, order 0 / direct evaluation for label maps, §1.2); outside the fan the
-  display is black.
+* log compression maps the envelope to 0..255; display gain and dynamic range are
+  auto-optimised per image towards a brightness/contrast preset drawn independently
+  of the anatomy (so image-wide intensity statistics do not give the plane away);
+  the DR search range (35-90 dB) is wider than the 50-60 dB of §1.3 for that reason;
+* scan conversion is order-1 (bilinear) interpolation from the polar grid, as
+  ``map_coordinates(order=1)`` with precomputed weights; label maps are evaluated
+  exactly at display pixels (§1.2 asks for order 0, exact is stricter); outside the
+  fan the display is black;
+* cine loops rock the probe about its apex by whole scan lines (speckle moves with the
+  tissue) and blend a second speckle realisation in slowly.
 
 Fetal sizes come from INTERGROWTH-21st (§2.1); plane layouts follow §2.3.
 
 Public API: :data:`PLANE_CLASSES`, :data:`FASS_LABELS`, :data:`JNU_LABELS`,
 :func:`intergrowth_biometry`, :class:`ProbeGeometry`, :class:`FanLayout`,
-:class:`PlaneImage`, :func:`render_plane`, :func:`render_sequence`.
+:class:`PlaneImage`, :func:`render_plane`, :func:`render_sequence`, :func:`label_scheme`;
+lower-level pieces (:class:`Scene`, :func:`acquire`, :func:`envelope_db`, :class:`ScanConverter`,
+:func:`auto_optimise`, :func:`log_compress`) are public for tests and experiments.
 """
 
 from __future__ import annotations
@@ -744,8 +750,10 @@ class ImagingParams:
             gain and dynamic range aim for (:func:`auto_optimise`); drawn independently of the anatomy.
         pulse_cycles: transmit pulse length in cycles; axial cell = 0.77 * cycles / f mm
             (SPL/2, §1.3: 0.45-0.65 mm at 3.5 MHz with 2-3 cycles).
-        lateral_sigma_lines: lateral PSF sigma in scan-line spacings; with the line
-            spacing growing with depth this gives the 0.8-1.5 mm at focus rising to 2-3 mm deep.
+        lateral_sigma_lines: lateral PSF sigma in scan-line spacings. Line spacing grows with
+            depth, so the lateral FWHM goes from about 1-2 mm at 10 cm to 2.5-4 mm at 20 cm
+            (§1.3: 0.8-1.5 mm at focus, 2-3 mm deep or off focus), with a lateral:axial grain
+            ratio of about 2-4.
         tgc_residual_db_per_cm: TGC error slope (±0.2 dB/cm, §1.4).
         tgc_wiggle_db: amplitude of the smooth slider-shaped TGC curve error.
         noise_floor_db: receiver noise relative to a parenchyma echo from the maximum depth (dB).
@@ -782,7 +790,7 @@ class ImagingParams:
             tgc_residual_db_per_cm=float(rng.uniform(-0.2, 0.2)),
             tgc_wiggle_db=float(rng.uniform(0.5, 3.0)),
             noise_floor_db=float(rng.uniform(-36, -24)),
-            reverb_db=float(rng.uniform(-22, -12)),
+            reverb_db=float(rng.uniform(-20, -12)),
             smoothing_mm=float(rng.uniform(0.1, 0.35)),
             tgc_follow=float(rng.uniform(0.6, 0.9)),
             interface_db=float(rng.uniform(0.0, 6.0)),
