@@ -116,7 +116,7 @@ def test_finetune_then_evaluate_writes_a_result_record(finetuned):
     # model.pt is the epoch with the HIGHEST validation macro F1 (quirk (b) fixed)
     assert val_history.best_metric == max(val_history.metrics["val_macro_f1"], val_history.best_metric)
 
-    record = json.loads((root / "bundle" / "runs" / "finetune_demo" / "test_result.json").read_text())
+    record = json.loads((root / "bundle" / "runs" / "finetune_demo" / "result.json").read_text())
     validate_record(record)
     assert record["task"] == "classification_finetune" and record["section"] == "test"
     assert record["checkpoint_sha256"] == sha256_file(root / "backbone.pt") and record["method"] == "UltraDINO"
@@ -232,3 +232,18 @@ def test_inference_on_a_folder_of_pngs_and_dicoms(finetuned, tmp_path):
         with torch.no_grad():
             expected = torch.softmax(network(transforms({"image": source, "frame": -1})["image"][None]), -1)[0]
         assert np.max(np.abs(probabilities - expected.numpy())) <= 1e-4
+
+
+def test_repeat_driver_runs_the_linear_probe_over_seeds(setup, tmp_path):
+    from ultradino_monai.evaluation.repeat import repeat
+
+    root, overrides = setup
+    summary = repeat(
+        str(CONFIGS / "linear_probe.json"), tmp_path / "sweep", seeds=[0, 1],
+        overrides={**overrides, "epochs": 2, "warmup_epochs": 1}, meta_file=META, in_process=True, stop_on_error=True,
+    )
+    assert not summary.failed and summary.metric == "macro_f1"
+    (row,) = summary.rows
+    assert row["n"] == 2 and row["task"] == "classification_linear_probe"
+    seeds = sorted(json.loads((tmp_path / "sweep" / f"seed{s}" / "result.json").read_text())["seed"] for s in (0, 1))
+    assert seeds == [0, 1]

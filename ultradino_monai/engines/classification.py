@@ -523,7 +523,7 @@ def backbone_record(loaded: LoadedBackbone) -> dict[str, Any]:
 
 
 def write_classification_result(
-    output_dir: str | os.PathLike,
+    result_path: str | os.PathLike,
     labels,
     predictions,
     classes: Sequence[str],
@@ -536,9 +536,9 @@ def write_classification_result(
     budget: str,
     method: str = "auto",
     extra: Mapping[str, Any] | None = None,
-    name: str = "result",
 ) -> dict[str, Any]:
-    """Score predictions and write ``<name>.json`` (DESIGN contract 5) and ``<name>_confusion.png``.
+    """Score predictions and write the result record ``result_path`` (DESIGN contract 5) and,
+    next to it, ``<stem>_confusion.png``.
 
     The record (:func:`ultradino_monai.evaluation.aggregate.make_record`): ``task``
     (``classification_finetune`` / ``classification_linear_probe``), dataset and split kind
@@ -553,7 +553,7 @@ def write_classification_result(
     from ultradino_monai.evaluation.aggregate import classification_metrics, make_record, write_result
     from ultradino_monai.evaluation.metrics import confusion_matrix
 
-    output_dir = Path(output_dir)
+    result_path = Path(result_path)
     y_pred = np.asarray(torch.as_tensor(predictions).cpu()).reshape(-1).astype(np.int64)
     y_true = np.asarray(torch.as_tensor(labels).cpu()).reshape(-1).astype(np.int64)
     metrics = classification_metrics(y_pred, y_true, classes)
@@ -561,7 +561,7 @@ def write_classification_result(
     document = read_datalist(datalist)
     split_meta = document.get("split") if isinstance(document.get("split"), dict) else {}
     png = write_confusion_matrix_png(
-        metrics["confusion_matrix"], classes, output_dir / f"{name}_confusion.png",
+        metrics["confusion_matrix"], classes, result_path.with_name(f"{result_path.stem}_confusion.png"),
         title=f"{task} ({section}): accuracy {100 * metrics['accuracy']:.1f}%, macro F1 {100 * metrics['macro_f1']:.1f}",
     )
     source = str(backbone_info.get("source", "scratch"))
@@ -584,7 +584,7 @@ def write_classification_result(
     if source != "scratch":
         record["checkpoint"] = str(backbone_info["path"])
         record["checkpoint_sha256"] = str(backbone_info["sha256"])
-    path = write_result(output_dir / f"{name}.json", record)
+    path = write_result(result_path, record)
     logger.info(
         "%s on %s (%d images): accuracy %.2f%%, macro F1 %.2f; result in %s",
         task, section, metrics["num_images"], 100 * metrics["accuracy"], 100 * metrics["macro_f1"], path,
@@ -633,7 +633,7 @@ def report_linear_probe(
     test_evaluator: Engine,
     test_metric,
     classes: Sequence[str],
-    output_dir: str | os.PathLike,
+    result_path: str | os.PathLike,
     *,
     datalist: str | os.PathLike,
     loaded: LoadedBackbone,
@@ -647,7 +647,7 @@ def report_linear_probe(
     validation evaluator (its last run is the end of training). ``test_evaluator`` is run
     here; its ``test_metric`` collects every head's predictions, of which only the chosen
     head's are scored (DINOv2 / UltraDINO report one head, reference §1.4, §2.6).
-    Writes ``result.json`` (+ confusion PNG) and ``heads_val_accuracy.json``.
+    Writes ``result_path`` (+ confusion PNG) and ``heads_val_accuracy.json`` next to it.
     """
     if not val_metric.results:
         raise RuntimeError("the validation evaluator has not run; cannot choose a head")
@@ -655,10 +655,10 @@ def report_linear_probe(
     val_accuracy = val_metric.results["accuracy"]
     test_evaluator.run()
     spec = next(s for s in val_metric.specs if s.name == best)
-    output_dir = Path(output_dir)
-    write_json_atomic(output_dir / "heads_val_accuracy.json", {"best_head": best, "accuracy": val_accuracy})
+    result_path = Path(result_path)
+    write_json_atomic(result_path.with_name("heads_val_accuracy.json"), {"best_head": best, "accuracy": val_accuracy})
     return write_classification_result(
-        output_dir, test_metric.results["labels"], test_metric.results["predictions"][best], classes,
+        result_path, test_metric.results["labels"], test_metric.results["predictions"][best], classes,
         task="classification_linear_probe", datalist=datalist, section="test", backbone_info=backbone_record(loaded),
         seed=seed,
         budget=budget,
