@@ -1,0 +1,165 @@
+"""Single-frame CPU latency of the fetal-plane classifier (ViT-S/16, 224 x 224, 1 channel).
+
+Usage::
+
+    python benchmarks/inference.py                    # 2 threads, ViT-S/16 at 224
+    python benchmarks/inference.py --threads 1 --iters 50 --json latency.json
+
+What is timed: ``Classifier(ViT-S/16 with 4 registers) -> 6 logits`` on one normalised
+``[1, 1, 224, 224]`` frame under ``torch.inference_mode()`` (batch 1: a live scanner sends one
+frame at a time), with ``torch.set_num_threads(--threads)``:
+
+* ``eager fp32``: the PyTorch module as trained;
+* ``eager bf16 autocast``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
+* ``torchscript fp32``: ``torch.jit.trace`` + ``torch.jit.freeze`` (weights folded into the
+  graph as constants) + ``torch.jit.optimize_for_inference``.
+
+The model's FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+attention and the patch-embedding convolution; 2 FLOPs per multiply-add). The same process
+measures the machine's dense matmul peak (a 2048^3 fp32 and bf16 ``torch.mm``, best of
+several) so every latency is also reported as achieved GFLOP/s and as a fraction of that
+peak. Timed rounds alternate between the variants so background load hits them alike; the
+median and 90th percentile latency of each are printed, with frames/s = 1000 / median ms.
+The load average at start is printed too: on a shared machine the numbers are upper bounds.
+The weights are random: latency does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ultradino_monai.networks.classifier import Classifier  # noqa: E402
+from ultradino_monai.networks.vit import build_vit  # noqa: E402
+
+REAL_TIME_FPS = 30.0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of a dense ``size``^3 matmul in ``dtype`` (2 * size^3 FLOPs per product)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up (and oneDNN kernel selection)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def count_flops(model: torch.nn.Module, frame: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(frame)
+    return int(counter.get_total_flops())
+
+
+def build_variants(model: torch.nn.Module, frame: torch.Tensor) -> dict[str, callable]:
+    def eager(x):
+        return model(x)
+
+    def eager_bf16(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    with torch.no_grad(), warnings.catch_warnings():  # outside inference_mode: freeze needs ordinary tensors
+        # timm's dynamic-size patch embedding formats shapes in an assert: constant for a fixed input size
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, frame)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+    def scripted(x):
+        return frozen(x)
+
+    return {"eager fp32": eager, "eager bf16 autocast": eager_bf16, "torchscript fp32 (traced, frozen)": scripted}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--arch", default="vit_small", help="backbone arch (default vit_small)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs per variant")
+    parser.add_argument("--iters", type=int, default=30, help="timed runs per variant")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Classifier(build_vit(args.arch, img_size=args.image_size), num_classes=6).eval()
+    frame = torch.randn(1, 1, args.image_size, args.image_size)
+    flops = count_flops(model, frame)
+    variants = build_variants(model, frame)
+
+    with torch.inference_mode():
+        reference = model(frame)
+        for name, run in variants.items():
+            out = run(frame).float()
+            error = (out - reference).abs().max().item()
+            print(f"check {name:<36} max |logit - eager fp32| = {error:.2e}")
+            for _ in range(args.warmup):
+                run(frame)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.iters):
+            for name, run in variants.items():  # interleaved rounds: background load hits all alike
+                start = time.perf_counter()
+                run(frame)
+                times[name].append(time.perf_counter() - start)
+
+    peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print()
+    print(f"CPU: {cpu_name()} | {os.cpu_count()} logical CPUs | torch {torch.__version__} | threads {args.threads}")
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other processes share the cores)")
+    print(f"model: Classifier({args.arch}/16, 4 registers) at {args.image_size}x{args.image_size}, 1 channel: "
+          f"{flops / 1e9:.2f} GFLOP per frame")
+    print(f"dense matmul peak in this process: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
+    print()
+    print(f"{'variant':<36}{'median ms':>10}{'p90 ms':>9}{'frames/s':>10}{'GFLOP/s':>9}{'/ peak':>8}")
+    results = []
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        p90 = sorted(samples)[max(0, int(round(0.9 * len(samples))) - 1)]
+        achieved = flops / median / 1e9
+        reference_peak = peak["bf16"] if "bf16" in name else peak["fp32"]
+        results.append({"variant": name, "median_ms": 1e3 * median, "p90_ms": 1e3 * p90, "fps": 1.0 / median,
+                        "gflops": achieved, "fraction_of_peak": achieved / reference_peak})
+        print(f"{name:<36}{1e3 * median:>10.1f}{1e3 * p90:>9.1f}{1.0 / median:>10.1f}{achieved:>9.1f}"
+              f"{achieved / reference_peak:>8.2f}")
+    best = max(results, key=lambda r: r["fps"])
+    verdict = "meets" if best["fps"] >= REAL_TIME_FPS else "misses"
+    print(f"\nbest: {best['variant']} at {best['fps']:.1f} frames/s: {verdict} the {REAL_TIME_FPS:.0f} frames/s "
+          f"real-time target on {args.threads} thread(s)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "cpu": cpu_name(), "threads": args.threads, "load_average": list(load), "torch": torch.__version__,
+            "arch": args.arch, "image_size": args.image_size, "gflop_per_frame": flops / 1e9,
+            "peak_gflops": peak, "results": results, "real_time_fps": REAL_TIME_FPS,
+        }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
