@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor
+from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 from monai.transforms import CastToTyped, Compose, NormalizeIntensityd, RepeatChanneld
 from torch import nn
@@ -77,7 +77,6 @@ __all__ = [
     "file_sha256",
     "labels_of",
     "load_segmenter",
-    "num_classes_of",
     "prepare_segmentation_data",
     "read_model_spec",
     "resolve_normalization",
@@ -87,8 +86,6 @@ __all__ = [
     "segmenter_from_spec",
     "segmenter_spec",
     "split_info",
-    "eval_loader",
-    "train_loader",
     "unwrap",
     "write_model_spec",
     "write_segmentation_result",
@@ -195,11 +192,6 @@ def labels_of(*datalists: str | os.PathLike | None) -> dict[str, int]:
                 raise DatalistError(f"{path}: label indices {sorted(labels.values())} are not 0..{len(labels) - 1}")
             return dict(sorted(labels.items(), key=lambda item: item[1]))
     raise DatalistError(f"none of {[str(p) for p in datalists if p]} has a top-level 'labels' mapping")
-
-
-def num_classes_of(labels: Mapping[str, int]) -> int:
-    """K = number of classes including background."""
-    return len(labels)
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -312,57 +304,6 @@ class IterationSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.samples_per_replica
-
-
-def _dataset(items: list[dict], transform, cache_rate: float):
-    if float(cache_rate) > 0:
-        return CacheDataset(items, transform=transform, cache_rate=float(cache_rate), num_workers=None, progress=False)
-    return Dataset(items, transform=transform)
-
-
-def train_loader(
-    datalist: str | os.PathLike,
-    transform,
-    batch_size: int,
-    num_iterations: int,
-    section: str = "training",
-    seed: int = 0,
-    num_workers: int = 0,
-    cache_rate: float = 1.0,
-) -> DataLoader:
-    """Loader of exactly ``num_iterations`` random batches of ``batch_size`` (per process) from ``section``."""
-    items = load_datalist(datalist, section)
-    if not items:
-        raise DatalistError(f"{datalist}: section {section!r} is empty; nothing to train on")
-    dataset = _dataset(items, transform, cache_rate)
-    sampler = IterationSampler(dataset, samples_per_replica=int(batch_size) * int(num_iterations), seed=seed)
-    logger.info("training on %d images of %s (%s), %d iterations of batch %d per process",
-                len(items), datalist, section, num_iterations, batch_size)
-    return DataLoader(
-        dataset, batch_size=int(batch_size), sampler=sampler, num_workers=int(num_workers), drop_last=True,
-        persistent_workers=int(num_workers) > 0,
-    )
-
-
-def eval_loader(
-    datalist: str | os.PathLike,
-    transform,
-    section: str,
-    batch_size: int = 1,
-    num_workers: int = 0,
-    cache_rate: float = 1.0,
-) -> DataLoader:
-    """Loader of every image of ``section`` in datalist order (validation / test / scoring).
-
-    Every process scores the whole section (the pooled metric then needs no reduction across
-    processes; validation sets are small).
-    """
-    items = load_datalist(datalist, section)
-    if not items:
-        raise DatalistError(f"{datalist}: section {section!r} is empty; nothing to evaluate")
-    logger.info("%s: %d images of %s", section, len(items), datalist)
-    return DataLoader(_dataset(items, transform, cache_rate), batch_size=int(batch_size), shuffle=False,
-                      num_workers=int(num_workers))
 
 
 # --------------------------------------------------------------------------- model
