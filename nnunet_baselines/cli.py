@@ -46,7 +46,7 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainer", default="nnUNetTrainer",
                         help="nnU-Net trainer class (default nnUNetTrainer, 1000 epochs); e.g. nnUNetTrainer_5epochs, "
                              "nnUNetTrainer_UltraDINOShort")
-    parser.add_argument("--plans", default=None, help="plans identifier (default: what `plan` wrote, else nnUNetPlans)")
+    parser.add_argument("--plans", default=None, help="plans identifier (default: the one `plan` made)")
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -159,22 +159,9 @@ def _fold_index(args, workdir: Path, dataset_id: int) -> int:
 def _plans_identifier(args, workdir: Path, dataset_id: int) -> str:
     if args.plans:
         return args.plans
-    from nnunet_baselines.export import load_manifest
+    from nnunet_baselines.plan import planned_identifier
 
-    dataset_dir, _ = load_manifest(workdir, dataset_id)
-    state = dataset_dir / "ultradino_plans.json"
-    if state.is_file():
-        return json.loads(state.read_text())["plans_identifier"]
-    return "nnUNetPlans"
-
-
-def _remember_plans(workdir: Path, dataset_id: int, plans_identifier: str) -> None:
-    from ultradino_monai.data.datalist import write_json_atomic
-
-    from nnunet_baselines.export import load_manifest
-
-    dataset_dir, _ = load_manifest(workdir, dataset_id)
-    write_json_atomic(dataset_dir / "ultradino_plans.json", {"plans_identifier": plans_identifier})
+    return planned_identifier(workdir, dataset_id)
 
 
 def _run(args) -> str:
@@ -204,7 +191,6 @@ def _run(args) -> str:
         identifier = plan_and_preprocess(workdir, args.dataset_id, planner=args.planner,
                                          gpu_memory_target_gb=args.gpu_memory_target,
                                          verify_integrity=not args.no_verify)
-        _remember_plans(workdir, args.dataset_id, identifier)
         return f"planned dataset {args.dataset_id}: plans {identifier}, splits_final.json verified"
 
     if args.command == "train":
@@ -273,7 +259,6 @@ def _run_all(args, workdir: Path) -> str:
     plans = plan_and_preprocess(workdir, args.dataset_id, planner=args.planner)
     if args.plans and args.plans != plans:
         raise ValueError(f"--plans {args.plans} but planner {args.planner} wrote {plans}; choose the planner instead")
-    _remember_plans(workdir, args.dataset_id, plans)
     folds = args.folds if args.folds is not None else list(range(len(args.split_files)))
     lines = []
     for fold in folds:

@@ -339,6 +339,8 @@ def export_dataset(
 
     label_values = set(labels.values())
     written = {"train": 0, "test": 0}
+    # fingerprint of every exported pixel, so `plan` / `train` notice a re-export with different content
+    pixels = hashlib.sha256()
     for role, chosen, image_folder, label_folder in (
         ("train", train_ids, "imagesTr", "labelsTr"), ("test", test_ids, "imagesTs", "labelsTs")
     ):
@@ -348,8 +350,11 @@ def export_dataset(
             unknown = present - label_values
             if unknown:
                 raise ExportError(f"{item['label']}: label values {sorted(unknown)} not in the labels {labels}")
-            _atomic_png(dataset_dir / image_folder / f"{identifier}_0000{FILE_ENDING}", quantise_image(image, bit_depth))
-            _atomic_png(dataset_dir / label_folder / f"{identifier}{FILE_ENDING}", label.astype(np.uint8))
+            stored_image, stored_label = quantise_image(image, bit_depth), label.astype(np.uint8)
+            _atomic_png(dataset_dir / image_folder / f"{identifier}_0000{FILE_ENDING}", stored_image)
+            _atomic_png(dataset_dir / label_folder / f"{identifier}{FILE_ENDING}", stored_label)
+            for part in (role, identifier, stored_image.tobytes(), stored_label.tobytes()):
+                pixels.update(part if isinstance(part, bytes) else part.encode())
             written[role] += 1
             if count % 200 == 0:
                 logger.info("exported %d / %d %s cases", count, len(chosen), role)
@@ -373,6 +378,7 @@ def export_dataset(
         "datalist_sha256": _sha256(datalist),
         "image_size": list(size),
         "bit_depth": bit_depth,
+        "pixels_sha256": pixels.hexdigest(),
         "preprocessing": {
             "function": "ultradino_monai.transforms.ultrasound.ultrasound_preprocessing",
             "normalization": "none",

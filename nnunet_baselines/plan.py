@@ -17,7 +17,9 @@ for a fold index beyond the file's length it *silently* falls back to a random 8
 * fold k's ``train`` / ``val`` case-id sets equal the split file's ``training`` /
   ``validation`` sections, re-read from the split file itself (and its sha256 still
   matches the export);
-* every train / val id is a preprocessed nnU-Net case and no test case is.
+* every train / val id is a preprocessed nnU-Net case and no test case is;
+* the preprocessed data was planned from the current export (:data:`PLAN_STATE`, which
+  records the export manifest's sha256: a later re-export must be planned again).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIGURATION",
+    "PLAN_STATE",
     "SplitMismatchError",
+    "planned_identifier",
     "plan_and_preprocess",
     "preprocessed_identifiers",
     "write_splits_final",
@@ -46,6 +50,8 @@ __all__ = [
 
 #: 2D data: the planner makes only the 2d configuration (reference §2.4).
 CONFIGURATION = "2d"
+#: Written next to the plans: which plans identifier ``plan`` made from which export.
+PLAN_STATE = "ultradino_plan.json"
 
 
 class SplitMismatchError(ExportError):
@@ -76,6 +82,28 @@ def preprocessed_identifiers(dataset_folder: str, plans_identifier: str = "nnUNe
     return set(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder)))
 
 
+def _manifest_sha256(workdir: str | os.PathLike, dataset_id: int) -> str:
+    from nnunet_baselines.export import MANIFEST_NAME
+
+    dataset_dir, _ = load_manifest(workdir, dataset_id)
+    return _sha256(dataset_dir / MANIFEST_NAME)
+
+
+def planned_identifier(workdir: str | os.PathLike, dataset_id: int) -> str:
+    """The plans identifier ``plan`` wrote for the current export (fails if the export changed since)."""
+    configure_environment(workdir)
+    _, manifest = load_manifest(workdir, dataset_id)
+    path = _preprocessed_folder(manifest["dataset_folder"]) / PLAN_STATE
+    if not path.is_file():
+        raise SplitMismatchError(f"{path} not found; run `plan` for dataset {dataset_id} first")
+    state = json.loads(path.read_text())
+    if state.get("manifest_sha256") != _manifest_sha256(workdir, dataset_id):
+        raise SplitMismatchError(
+            f"dataset {dataset_id} was exported again after `plan` (the export manifest changed); rerun `plan` so "
+            "nnU-Net does not train on stale preprocessed data")
+    return str(state["plans_identifier"])
+
+
 def write_splits_final(workdir: str | os.PathLike, dataset_id: int, plans_identifier: str = "nnUNetPlans") -> Path:
     """Write ``splits_final.json`` (one fold per exported split file) and verify it; returns its path."""
     configure_environment(workdir)
@@ -102,6 +130,9 @@ def verify_splits_final(
     """
     configure_environment(workdir)
     _, manifest = load_manifest(workdir, dataset_id)
+    planned = planned_identifier(workdir, dataset_id)
+    if planned != plans_identifier:
+        raise SplitMismatchError(f"asked for plans {plans_identifier!r} but `plan` made {planned!r} for this export")
     folds = manifest["folds"]
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < len(folds):
         raise SplitMismatchError(
@@ -187,6 +218,12 @@ def plan_and_preprocess(
         raise ExportError(f"the planner made no '{CONFIGURATION}' configuration for {manifest['dataset_folder']}")
     preprocess([int(dataset_id)], plans_identifier, configurations=(CONFIGURATION,), num_processes=[processes],
                verbose=False, show_progress_bar=False)
+    write_json_atomic(_preprocessed_folder(manifest["dataset_folder"]) / PLAN_STATE, {
+        "plans_identifier": plans_identifier,
+        "planner": planner,
+        "manifest_sha256": _manifest_sha256(workdir, dataset_id),
+        "pixels_sha256": manifest.get("pixels_sha256"),
+    })
     write_splits_final(workdir, dataset_id, plans_identifier)
     configuration = plans["configurations"][CONFIGURATION]
     logger.info("planned %s with %s: patch %s, batch %s", manifest["dataset_folder"], plans_identifier,

@@ -193,6 +193,7 @@ class _Oracle(torch.nn.Module):
 
 
 def test_score_matches_the_segmentation_evaluator_on_hand_made_masks(tiny, tmp_path):
+    from monai.data import CacheDataset, DataLoader
     from monai.engines import SupervisedEvaluator
     from monai.handlers import from_engine
 
@@ -218,7 +219,9 @@ def test_score_matches_the_segmentation_evaluator_on_hand_made_masks(tiny, tmp_p
 
     # the bundle's evaluator path: shared eval transforms, SupervisedEvaluator, PooledDiceMetric on decollated outputs
     oracle = _Oracle([s["image"].as_tensor() for s in samples], [predictions[case_id(it)] for it in items], 5)
-    loader = seg.eval_loader(split_file, transform, "test", batch_size=2)
+    # as the bundle's validate#dataset / validate#dataloader (bundles/segmentation/configs/train.json)
+    dataset = CacheDataset(seg.section_items(split_file, "test"), transform=transform, progress=False)
+    loader = DataLoader(dataset, batch_size=2, shuffle=False, num_workers=0)
     metric = PooledDiceMetric(num_classes=5, output_transform=from_engine(["pred", "label"]))
     evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=oracle,
                                     key_val_metric={"val_fg_dice": metric})

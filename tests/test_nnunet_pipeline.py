@@ -1,7 +1,7 @@
 """nnU-Net baseline end to end on the tiny FASS-like demo at 64 x 64 (CPU, short trainer).
 
 One ``python -m nnunet_baselines run`` (export -> plan with integrity check -> train
-``nnUNetTrainer_UltraDINOShort`` (2 epochs x 3 iterations) -> checkpoint choice on val ->
+``nnUNetTrainer_UltraDINOShort`` (2 epochs x 2 iterations) -> checkpoint choice on val ->
 predict test -> score -> compare) in a subprocess, so nnunetv2 reads the environment the
 harness sets. The checks afterwards run in this process on the files it wrote.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,20 @@ def test_tampered_splits_are_refused(pipeline, env_restored):
             verify_splits_final(workdir, DATASET_ID, 0)
     finally:
         path.write_text(original)
+
+
+def test_a_new_export_must_be_planned_again(pipeline, tmp_path, env_restored):
+    from nnunet_baselines.export import export_dataset
+    from nnunet_baselines.plan import SplitMismatchError, planned_identifier, verify_splits_final
+
+    workdir = tmp_path / "work"
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(pipeline["workdir"] / name, workdir / name)
+    os.environ.update({"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"})
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ.pop(name, None)
+    assert planned_identifier(workdir, DATASET_ID) == "nnUNetPlans"
+    # same cases, different pixels (16-bit): the preprocessed data is stale now
+    export_dataset(pipeline["datalist"], [pipeline["split_file"]], DATASET_ID, NAME, workdir, size=SIZE, bit_depth=16)
+    with pytest.raises(SplitMismatchError, match="exported again after `plan`"):
+        verify_splits_final(workdir, DATASET_ID, 0)
