@@ -460,16 +460,14 @@ def classifier_from_sidecar(path: str | os.PathLike) -> Classifier:
 # ------------------------------------------------------------------------ reporting
 def write_confusion_matrix_png(matrix, classes: Sequence[str], path: str | os.PathLike, title: str = "") -> str:
     """Confusion matrix as a labelled PNG (rows: true class, columns: predicted; counts and row %)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object API: no pyplot state, no GUI backend
 
     matrix = np.asarray(matrix, dtype=np.int64)
     row_sums = matrix.sum(axis=1, keepdims=True)
     fractions = np.divide(matrix, np.maximum(row_sums, 1))
     size = max(4.0, 0.9 * len(classes) + 2.0)
-    figure, axis = plt.subplots(figsize=(size + 1.0, size))
+    figure = Figure(figsize=(size + 1.0, size))
+    axis = figure.add_subplot()
     image = axis.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
     axis.set_xticks(range(len(classes)), labels=classes, rotation=45, ha="right")
     axis.set_yticks(range(len(classes)), labels=classes)
@@ -488,7 +486,6 @@ def write_confusion_matrix_png(matrix, classes: Sequence[str], path: str | os.Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(buffer.getvalue())
     os.replace(temporary, path)
@@ -812,12 +809,11 @@ class ProbabilityCSVWriter:
             )
 
     def _write(self, engine: Engine) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from data_prep.convert_common import write_text_atomic
+
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["source", "frame", "predicted_class"] + [f"p_{name}" for name in self.classes])
         writer.writerows(self.rows)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(buffer.getvalue())
-        os.replace(temporary, self.path)
+        write_text_atomic(self.path, buffer.getvalue())
         logger.info("wrote %d prediction rows to %s", len(self.rows), self.path)
