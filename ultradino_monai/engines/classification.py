@@ -27,6 +27,7 @@ from torch import nn
 
 from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic
 from ultradino_monai.engines.handlers import is_main_process
+from ultradino_monai.engines.pretrain import as_bool
 from ultradino_monai.evaluation.linear_probe import all_gather_variable
 from ultradino_monai.networks.checkpoints import CheckpointError, LoadedBackbone, load_backbone
 from ultradino_monai.networks.classifier import Classifier, backbone_config, build_backbone_from_config
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_SIDECAR_FORMAT",
+    "as_bool",
     "is_main_process",
     "resolve_datalist",
     "class_names",
@@ -213,7 +215,7 @@ def classification_transforms(
     from ultradino_monai.transforms.ultrasound import ultrasound_preprocessing
 
     size = tuple(int(s) for s in spatial_size)
-    if train and augment:
+    if train and as_bool(augment):
         return ultrasound_train_transforms(
             "classification", image_key="image", label_key="label", spatial_size=size,
             normalization=normalization, in_chans=in_chans, prob=prob,
@@ -253,7 +255,7 @@ class MixupPrepareBatch(PrepareBatch):
 
         self.num_classes = int(num_classes)
         self.label_smoothing = float(label_smoothing)
-        self.enabled = bool(enabled) and (mixup_alpha > 0 or cutmix_alpha > 0) and prob > 0
+        self.enabled = as_bool(enabled) and (mixup_alpha > 0 or cutmix_alpha > 0) and prob > 0
         self.mixup = (
             Mixup(
                 mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob,
@@ -324,7 +326,7 @@ def finetune_optimizer(
     """
     module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
     betas = tuple(float(b) for b in betas)
-    if not layerwise_decay:
+    if not as_bool(layerwise_decay):
         return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
     from ultradino_monai.ssl import get_params_groups_with_decay
 
