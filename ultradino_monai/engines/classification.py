@@ -190,8 +190,9 @@ def normalization_name(mean: Sequence[float], std: Sequence[float], requested: s
         if np.allclose(ref_mean, mean, atol=1e-6) and np.allclose(ref_std, std, atol=1e-6):
             return name
     raise ValueError(
-        f"the backbone expects mean {list(mean)} / std {list(std)}, which is none of {NORMALIZATIONS}; "
-        "set 'normalization' explicitly"
+        f"the backbone expects mean {list(mean)} / std {list(std)}, which is none of the shared preprocessing's "
+        f"{NORMALIZATIONS}. Natural-image (ImageNet) weights: load them with in_chans=3 (the grey image is "
+        "repeated, as UltraDINO's baselines did); otherwise set 'normalization' to the closest named one"
     )
 
 
