@@ -37,7 +37,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,7 +70,6 @@ __all__ = [
     "extract_probe_features",
     "cached_probe_features",
     "FeatureDataset",
-    "describe_grid",
 ]
 
 #: The 13 learning rates of the grid (reference §1.4 and §2.6).
@@ -165,10 +164,6 @@ class FrozenFeatureExtractor(nn.Module):
             parameter.requires_grad_(False)
         self.backbone.eval()
 
-    @property
-    def feature_dim(self) -> int:
-        return int(self.backbone.embed_dim)
-
     def train(self, mode: bool = True) -> "FrozenFeatureExtractor":
         super().train(mode)
         self.backbone.eval()  # frozen: never in training mode
@@ -258,10 +253,6 @@ class LinearHeadGrid(nn.Module):
         inverse[torch.tensor(group_order)] = torch.arange(len(group_order))
         self.register_buffer("_grid_order", inverse, persistent=False)
         self._in_grid_order = group_order == list(range(len(group_order)))
-
-    @property
-    def names(self) -> list[str]:
-        return [spec.name for spec in self.specs]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         parts = []
@@ -562,9 +553,3 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"image": self.features[index], "label": self.labels[index]}
-
-
-def describe_grid(specs: Sequence[HeadSpec]) -> list[dict[str, Any]]:
-    """JSON-friendly list of the heads (for result records)."""
-    return [asdict(spec) for spec in specs]
-
