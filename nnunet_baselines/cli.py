@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--epochs", type=int, default=1000, help="epoch budget of the predicting model (--pred-dir mode)")
     score.add_argument("--model", type=Path, default=None, help="checkpoint that predicted (hashed; --pred-dir mode)")
     score.add_argument("--backbone", default="PlainConvUNet_2d", help="architecture name (--pred-dir mode)")
+    score.add_argument("--dataset-name", default=None,
+                       help="dataset name for the record when the split file names none (--pred-dir mode)")
     score.add_argument("--seed", type=int, default=0)
     score.add_argument("--out", type=Path, default=None, help="result JSON path")
     _add_model(score)
@@ -234,7 +236,7 @@ def _score(args, workdir: Path | None) -> str:
         dice = score_folder(args.pred_dir, args.split_file, args.section, size, len(labels))
         record = build_record(dice, labels, args.split_file, section=args.section, seed=args.seed,
                               trainer=args.trainer, epochs=args.epochs, backbone=args.backbone, model=args.model,
-                              image_size=size)
+                              image_size=size, dataset=args.dataset_name)
         write_result(args.out, record)
         return f"foreground pooled Dice {dice['foreground_mean']:.4f} on {dice['num_images']} images -> {args.out}"
     if workdir is None or args.dataset_id is None or args.fold is None:
