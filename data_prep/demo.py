@@ -43,7 +43,7 @@ from ultradino_monai.data.datalist import read_datalist, write_datalist, write_j
 logger = logging.getLogger(__name__)
 
 #: Bump when the generator's output changes, so stale demo folders are regenerated.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 MARKER = "demo_complete.json"
 #: What this generator owns inside OUT_DIR (nothing else is ever deleted).
 OWNED = ("archive", "archive_phi.json", "planes", "fass", "jnu_ifm", MARKER)
@@ -202,7 +202,7 @@ def generate_planes(out_dir: Path, seed: int, scale: DemoScale) -> dict:
             image = render_plane(PLANE_CLASSES[label], rng, shape, with_label=False).image
             name = f"{patient}_img{j + 1:02d}.png"
             write_png(root / "images" / name, image)
-            items.append({"image": str(root / "images" / name), "label": int(label), "patient": patient})
+            items.append({"image": f"images/{name}", "label": int(label), "patient": patient})
             count += 1
     assignment = split_patients(list(strata), _rng(seed, 12), scale.split, strata)
     sections = _sections(items, assignment)
@@ -224,7 +224,7 @@ def generate_fass(out_dir: Path, seed: int, scale: DemoScale) -> dict:
             name = f"{patient}_{j + 1:02d}.png"
             write_png(root / "images" / name, frame.image)
             write_png(root / "labels" / name, frame.label)
-            items.append({"image": str(root / "images" / name), "label": str(root / "labels" / name), "patient": patient})
+            items.append({"image": f"images/{name}", "label": f"labels/{name}", "patient": patient})
     assignment = split_patients([it["patient"] for it in items], _rng(seed, 21), scale.split)
     sections = _sections(items, assignment)
     write_datalist(root / "datalist.json", sections, labels=dict(FASS_LABELS))
@@ -254,7 +254,7 @@ def generate_jnu(out_dir: Path, seed: int, scale: DemoScale) -> dict:
             name = f"{video}_{k + 1:04d}.png"
             write_png(root / "images" / name, frame.image)
             write_png(root / "labels" / name, frame.label)
-            items.append({"image": str(root / "images" / name), "label": str(root / "labels" / name),
+            items.append({"image": f"images/{name}", "label": f"labels/{name}",
                           "patient": patient, "video": video})
     assignment = split_patients([it["patient"] for it in items], _rng(seed, 32), scale.split)
     sections = _sections(items, assignment)

@@ -96,6 +96,9 @@ def write_datalist(
 ) -> None:
     """Write a datalist with paths stored relative to the file's folder.
 
+    Absolute ``image``/``label`` paths are converted to paths relative to the datalist's
+    folder; relative paths are taken as already relative to that folder.
+
     ``top_level`` adds keys such as ``classes=[...]`` or ``labels={...}``.
     """
     path = Path(path)
