@@ -205,10 +205,9 @@ def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.Path
     if not secret.exists():
         secret.write_text(DEMO_SECRET)
     datalist = dataset_dir / "datalist.json"
-    report = dataset_dir / "report.json"
-    if not (datalist.exists() and report.exists()):
-        logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
-        run_ingest(demo_dir / "archive", dataset_dir, key=load_secret_key(secret), workers=1)
+    # ingestion is resumable: a finished run only re-checks its inputs, a regenerated archive is re-ingested
+    logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
+    run_ingest(demo_dir / "archive", dataset_dir, key=load_secret_key(secret), workers=1)
     return datalist
 
 
