@@ -267,14 +267,15 @@ def test_repeat_driver_runs_the_linear_probe_over_seeds(setup, tmp_path):
 def test_pretrained_demo_backbone_beats_random_init_in_the_linear_probe(tmp_path):
     """The pretrain bundle's demo backbone vs a random init of the same ViT: linear-probe test macro F1 on the demo planes.
 
-    Reuses ``bundles/pretrain/models/backbone.pt`` when it exists, else runs the pretrain bundle's
-    demo (minutes on 2 CPU cores) into ``tmp_path``.
+    Uses the backbone file named by ``$CLASSIFICATION_TEST_BACKBONE``, else
+    ``bundles/pretrain/models/backbone.pt`` when it exists, else runs the pretrain bundle's demo
+    (tens of minutes on 2 shared CPU cores) into ``tmp_path``.
     """
     from data_prep.demo import generate_demo
 
     demo_dir = REPO / "demo_data"
     generate_demo(demo_dir, seed=0)
-    backbone = REPO / "bundles" / "pretrain" / "models" / "backbone.pt"
+    backbone = Path(os.environ.get("CLASSIFICATION_TEST_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt"))
     if not backbone.is_file():
         pretrain_root = tmp_path / "pretrain"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
