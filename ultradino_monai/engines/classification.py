@@ -384,7 +384,7 @@ class PredictionCollector(Metric):
 
 
 class MacroF1(PredictionCollector):
-    """Macro F1 (percent-free, in [0, 1]) over an epoch, by the project's one metric code.
+    """Macro F1 in [0, 1] over an epoch, computed by the project's one metric code.
 
     Uses :func:`ultradino_monai.evaluation.metrics.macro_f1` (DESIGN contract 3) on the
     argmax predictions; :attr:`results` as in :class:`PredictionCollector`.
