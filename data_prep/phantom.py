@@ -35,6 +35,7 @@ lower-level pieces (:class:`Scene`, :func:`acquire`, :func:`envelope_db`, :class
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -315,11 +316,12 @@ SKULL = Tissue(20.0, atten=8.0, specular=0.6, texture_db=1.0, angle_db=10.0)
 BONE = Tissue(22.0, atten=14.0, specular=0.6, texture_db=1.0, angle_db=8.0)
 
 
-class Shape:
+class Shape(abc.ABC):
     """A region of the (x, z) plane in mm. Subclasses implement :meth:`mask`."""
 
-    def mask(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def mask(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Boolean array: True where (x, z) lies inside the shape."""
 
     def bounds(self) -> tuple[float, float, float, float] | None:
         """(xmin, xmax, zmin, zmax) or None when unbounded."""

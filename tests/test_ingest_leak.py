@@ -358,13 +358,11 @@ def ingested(tmp_path_factory):
     }
 
 
-def _demo_inputs(folder: Path, needles: Needles) -> dict | None:
+def _demo_inputs(folder: Path, needles: Needles) -> dict:
     """Add a small demo archive (data_prep.dicom_synth, tiny scale) and its PHI truth list."""
-    try:  # owned by the demo-data engineer
-        from data_prep.demo import SCALES
-        from data_prep.dicom_synth import write_archive
-    except ImportError:
-        return None
+    from data_prep.demo import SCALES
+    from data_prep.dicom_synth import write_archive
+
     record = write_archive(folder / "archive", 0, SCALES["tiny"].archive, relative_to=folder)
     needles.strings |= {str(v) for v in record["strings"]}
     needles.uids |= {str(v) for v in record["uids"]}
@@ -518,8 +516,6 @@ def test_demo_archive_is_ingested_and_clean(ingested):
     import csv
 
     record = ingested["demo"]
-    if record is None:
-        pytest.skip("data_prep.dicom_synth (demo-data engineer) is not in this checkout")
     pseudo = Pseudonymizer(KEY)
     rows = list(csv.DictReader((ingested["output"] / "manifest.csv").open()))
     by_instance: dict[str, list[dict]] = {}
