@@ -294,9 +294,9 @@ def test_pretrained_demo_backbone_beats_random_init_in_the_linear_probe(tmp_path
     for name, checkpoint in (("pretrained", str(backbone)), ("random", "none")):
         workflow = run_workflow(["linear_probe.json"], {
             **common, "run_name": name, "pretrained_ckpt": checkpoint, "if_missing": "error",
-            "random_init": {"arch": "vit_small", "embed_dim": sidecar["embed_dim"], "depth": sidecar["depth"],
-                            "num_heads": sidecar["num_heads"], "num_register_tokens": sidecar["num_register_tokens"],
-                            "patch_size": sidecar["patch_size"]},
+            # the same architecture and initialisation (LayerScale init included) as the pretrained run
+            "random_init": {"arch": "vit_small", **{key: sidecar[key] for key in (
+                "embed_dim", "depth", "num_heads", "mlp_ratio", "num_register_tokens", "patch_size", "init_values")}},
         })
         workflow.run()
         workflow.finalize()
