@@ -205,7 +205,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 # --------------------------------------------------------------------------- slow: pretrained vs random init
 def _run_cli(configs, overrides, cwd, timeout):
-    args_file = Path(overrides["output_dir"]) / f"args_{len(configs)}.json"
+    args_file = Path(overrides["output_dir"]) / "args.json"
     args_file.parent.mkdir(parents=True, exist_ok=True)
     args_file.write_text(json.dumps(overrides))
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(c) for c in configs]),
@@ -216,18 +216,20 @@ def _run_cli(configs, overrides, cwd, timeout):
 
 @pytest.mark.slow
 def test_fewshot_pretrained_backbone_beats_random_init(tmp_path):
-    """Demo FASS, few-shot n = 20 (ultradino_monai.data.splits), same seed and schedule for both arms.
+    """Demo FASS, few-shot n = 20 (ultradino_monai.data.splits), 2 draws, same seed and schedule for both arms.
 
-    Uses ``bundles/pretrain/models/backbone.pt`` when it exists, otherwise runs the pretrain
-    bundle's demo first (into tmp_path). The random-init arm has the pretrained backbone's
-    exact architecture.
+    The backbone is ``$ULTRADINO_PRETRAINED_BACKBONE`` or ``bundles/pretrain/models/backbone.pt``
+    when one exists, otherwise the pretrain bundle's demo is run first (into tmp_path). The
+    random-init arm has the pretrained backbone's exact architecture. Both arms run through the
+    shared repeat driver (train + evaluate per draw, mean ± SEM).
     """
     from data_prep.demo import generate_demo
     from ultradino_monai.data.splits import fass_splits
+    from ultradino_monai.evaluation import repeat
 
     demo_dir = tmp_path / "demo"
     generate_demo(demo_dir, seed=0)
-    backbone = REPO / "bundles" / "pretrain" / "models" / "backbone.pt"
+    backbone = Path(os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt"))
     if not backbone.is_file():
         pretrain_root = tmp_path / "pretrain"
         backbone = pretrain_root / "models" / "backbone.pt"
@@ -244,24 +246,22 @@ def test_fewshot_pretrained_backbone_beats_random_init(tmp_path):
         "image_size": 64, "decoder_channels": 64, "batch_size": 8, "max_iterations": 300, "val_interval": 50,
         "warmup_iterations": 20, "scratch_arch": sidecar["arch"] if sidecar["arch"] != "custom" else "vit_tiny",
         "scratch_overrides": {k: sidecar[k] for k in ("embed_dim", "depth", "num_heads")},
-        "seed": 0,
+        "bundle_root": str(tmp_path),
     }
-    results = {}
+    means = {}
     for arm, checkpoint in (("pretrained", str(backbone)), ("scratch", None)):
-        for split in splits:
-            run_dir = tmp_path / "runs" / f"{arm}_{split.stem}"
-            overrides = {**common, "pretrained_ckpt": checkpoint, "split_file": str(split),
-                         "bundle_root": str(tmp_path), "output_dir": str(run_dir), "model_dir": str(run_dir / "models"),
-                         "result_path": str(run_dir / "result.json")}
-            _run_cli([CONFIGS / "train.json"], overrides, REPO, 1800)
-            _run_cli([CONFIGS / "train.json", CONFIGS / "evaluate.json"], overrides, REPO, 600)
-            record = json.loads((run_dir / "result.json").read_text())
-            assert record["split_kind"] == "fewshot_n20"
-            results.setdefault(arm, []).append(record["metrics"]["foreground_dice"])
-    pretrained, scratch = float(np.mean(results["pretrained"])), float(np.mean(results["scratch"]))
-    print(f"few-shot n=20 demo FASS foreground Dice: pretrained {results['pretrained']} (mean {pretrained:.4f}), "
-          f"random init {results['scratch']} (mean {scratch:.4f})")
-    assert pretrained > scratch + 0.05
+        summary = repeat.repeat(
+            CONFIGS / "train.json", tmp_path / "runs" / arm, seeds=[0], split_files=splits,
+            eval_config_file=CONFIGS / "evaluate.json", overrides={**common, "pretrained_ckpt": checkpoint},
+            stop_on_error=True,
+        )
+        (row,) = summary.rows
+        assert row["n"] == 2 and row["split_kind"] == "fewshot_n20"
+        means[arm] = row
+        print(f"{arm}: foreground Dice {100 * row['mean']:.2f} ± {100 * row['sem']:.2f} "
+              f"(runs {[round(r[2], 4) for r in row['runs']]})")
+    assert means["pretrained"]["method"] == "UltraDINO" and means["scratch"]["method"] == "scratch"
+    assert means["pretrained"]["mean"] > means["scratch"]["mean"] + 0.05
 
 
 @pytest.mark.slow
