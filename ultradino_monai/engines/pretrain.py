@@ -188,7 +188,7 @@ def num_classes_of(datalist: str | os.PathLike) -> int:
     return len(classes)
 
 
-def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike, seed: int = 0) -> Path:
+def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike) -> Path:
     """Make sure the demo pretraining data exists: synthetic DICOM archive → ingestion.
 
     Generates ``demo_dir`` with :func:`data_prep.demo.generate_demo` if it is incomplete and
@@ -200,7 +200,8 @@ def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.Path
     from data_prep.ingest import load_secret_key, run_ingest
 
     demo_dir, dataset_dir = Path(demo_dir), Path(dataset_dir)
-    generate_demo(demo_dir, seed=seed)
+    # the demo data always uses its own seed 0: the training seed must not regenerate the shared demo
+    generate_demo(demo_dir)
     secret = demo_dir / "demo_secret.key"
     if not secret.exists():
         secret.write_text(DEMO_SECRET)
@@ -249,7 +250,7 @@ def configure_run(seed: int = 0, deterministic: bool | str = False) -> None:
     logger.info("seed %d, deterministic algorithms %s", seed, "on" if deterministic else "off")
 
 
-def prepare_pretraining_data(dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike, seed: int = 0) -> str:
+def prepare_pretraining_data(dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike) -> str:
     """Return ``dataset_dir/datalist.json``, creating the demo data first when ``dataset_dir`` is the demo default.
 
     A real archive must be ingested beforehand with ``python -m data_prep.ingest``; a missing
@@ -259,7 +260,7 @@ def prepare_pretraining_data(dataset_dir: str | os.PathLike, demo_dir: str | os.
     datalist = dataset_dir / "datalist.json"
     is_demo = dataset_dir.resolve() == (demo_dir / "ingested").resolve()
     if is_demo:
-        return str(prepare_demo_archive(demo_dir, dataset_dir, seed=seed))
+        return str(prepare_demo_archive(demo_dir, dataset_dir))
     if not datalist.is_file():
         raise FileNotFoundError(
             f"{datalist} not found. Ingest the DICOM archive first: "
