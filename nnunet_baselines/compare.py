@@ -17,24 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ultradino_monai.data.datalist import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["GROUP_BY", "compare_results"]
 
 #: One row of the long table per (method, backbone, dataset, split kind, budget).
 GROUP_BY = ("method", "backbone", "task", "dataset", "split_kind", "budget")
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary.exists():
-            temporary.unlink()
-        raise
 
 
 def compare_results(
@@ -96,7 +86,7 @@ def compare_results(
     markdown = "\n".join(lines) + "\n"
     paths = {"markdown": out_dir / "comparison.md", "table1_csv": out_dir / "table1.csv",
              "groups_csv": out_dir / "groups.csv"}
-    _write_text(paths["markdown"], markdown)
+    write_text_atomic(paths["markdown"], markdown)
     write_table1_csv(paths["table1_csv"], records)
     write_aggregate_csv(paths["groups_csv"], groups)
     logger.info("compared %d records (%d groups) -> %s", len(records), len(groups), out_dir)

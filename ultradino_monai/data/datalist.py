@@ -89,6 +89,21 @@ def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
         raise
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file (Markdown, CSV) through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
 def write_datalist(
     path: str | os.PathLike,
     sections: Mapping[str, Sequence[Mapping[str, Any]]],

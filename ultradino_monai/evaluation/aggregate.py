@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import write_json_atomic
+from ultradino_monai.data.datalist import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -365,20 +365,8 @@ def write_aggregate_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
     return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary.exists():
-            temporary.unlink()
-        raise
 
 
 def _row_label(method: str, backbone: str, budget: str) -> str:
@@ -444,7 +432,7 @@ def write_table1_csv(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    _write_text(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 
