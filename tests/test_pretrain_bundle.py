@@ -148,18 +148,34 @@ def test_resume_without_checkpoint_fails_clearly(tiny_data, tmp_path):
     config = "['" + str(CONFIGS / "train.json") + "']"
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(tiny_data / "frames"),
-         "--bundle_root", str(tmp_path), "--resume", "true", "--knn_datalist", "None", *TINY],
+         "--bundle_root", str(tmp_path), "--resume", "true", "--knn_datalist", "none",
+         "--demo_dir", str(tmp_path / "no_demo"), *TINY],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode != 0
     assert "start without --resume" in result.stderr
 
 
+def test_paper_overlay_runs_without_a_monitoring_set(tiny_data, tmp_path):
+    """ultradino_vits16.json (knn_datalist null, sqrt lr scaling), shrunk by TINY to a few steps."""
+    result = run_bundle(
+        ("train.json", "ultradino_vits16.json"), "--dataset_dir", str(tiny_data / "frames"),
+        "--bundle_root", str(tmp_path), "--run_name", "run", "--epochs", "1", "--warmup_epochs", "0",
+        "--num_workers", "0", *TINY,
+    )
+    # sqrt scaling (recipe §2): 0.004 * sqrt(4 / 1024) = 0.00025
+    assert "peak lr 0.00025 (base 0.004, batch 4, scaling sqrt)" in result.stdout + result.stderr
+    kinds = {record["kind"] for record in read_jsonl(tmp_path / "runs" / "run" / "metrics.jsonl")}
+    assert kinds == {"train"}
+    assert (tmp_path / "models" / "backbone.pt").is_file()
+
+
 def test_missing_dataset_explains_ingestion(tmp_path):
     config = "['" + str(CONFIGS / "train.json") + "']"
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(tmp_path / "nowhere"),
-         "--bundle_root", str(tmp_path), "--knn_datalist", "None", *TINY],
+         "--bundle_root", str(tmp_path), "--knn_datalist", "none",
+         "--demo_dir", str(tmp_path / "no_demo"), *TINY],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode != 0

@@ -143,3 +143,12 @@ def test_last_layer_frozen_during_first_epoch_and_teacher_in_eval(tmp_path):
     assert all(not p.requires_grad for p in trainer.teacher.parameters())
     # the backbone did learn
     assert trainer.state.output["lr"] > 0
+
+
+@pytest.mark.parametrize("value", [None, False, "", "none", "None ", "off", "false", "null"])
+def test_optional_path_switches_off(value):
+    assert pretrain.optional_path(value) is None
+
+
+def test_optional_path_keeps_a_path():
+    assert pretrain.optional_path(" demo_data/planes/datalist.json ") == "demo_data/planes/datalist.json"

@@ -64,6 +64,18 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
+def optional_path(value: Any) -> str | None:
+    """A path that the CLI can switch off: ``none``, ``off``, ``false`` or ``""`` mean no path.
+
+    The bundle CLI drops overrides whose value is Python ``None`` (python-fire turns ``None`` into
+    ``None`` and ``monai.bundle`` then ignores it), so a lowercase ``none`` is the way to disable.
+    """
+    if value is None or value is False:
+        return None
+    text = str(value).strip()
+    return None if text.lower() in ("", "none", "off", "false", "null") else text
+
+
 def make_teacher(student: DinoModel) -> DinoModel:
     """The teacher starts as an exact copy of the student, frozen and in eval mode (recipe §2.2)."""
     if isinstance(student, nn.parallel.DistributedDataParallel):
