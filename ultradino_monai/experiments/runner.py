@@ -166,9 +166,19 @@ def _cell_id(split_file: Path, seed: int) -> str:
     return f"{split_file.stem}_seed{seed}"
 
 
+def _split_replicate(path: Path) -> int:
+    split = json.loads(Path(path).read_text()).get("split") or {}
+    for key in ("replicate", "draw"):
+        if isinstance(split.get(key), int):
+            return int(split[key])
+    raise SpecError(f"{path}: pairing 'replicate' needs split.replicate or split.draw in the split file")
+
+
 def _pairs(task: TaskSpec, files: Sequence[Path]) -> list[tuple[Path, int]]:
     if task.pairing == "zip":
         return list(zip(files, task.seeds))
+    if task.pairing == "replicate":
+        return [(path, _split_replicate(path)) for path in files]
     return [(path, seed) for path in files for seed in task.seeds]
 
 

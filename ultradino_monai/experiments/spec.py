@@ -40,7 +40,8 @@ file / seed) that run the existing bundles and the nnU-Net harness. Layout::
         dataset: fass
         splits: [fewshot_n20_draw*]            # names / globs in the dataset's split folder (.json optional)
         seeds: [0]                             # training seeds (default [0])
-        pairing: product                       # product: every split x every seed; zip: split i with seed i
+        pairing: product                       # product: every split x every seed; zip: split i with seed i;
+                                               # replicate: seed = the split file's replicate / draw
         column: FASS (n=20)                    # Table 1 column title (optional)
         overrides: {max_iterations: 200}       # bundle config overrides for every cell
         backbones: [ultradino, random_init, nnunet]   # default: every backbone that can run the task
@@ -92,6 +93,9 @@ TASK_KINDS = tuple(BUNDLE_CONFIGS)
 BACKBONE_KINDS = ("vit", "nnunet")
 SOURCES = ("auto", "ultradino", "dinov2", "ibot", "usfm", "timm")
 SPLIT_PROTOCOLS = ("fass", "jnu", "holdout")
+#: product: every split file x every seed; zip: split file i with seed i; replicate: each split
+#: file with its own replicate / draw number as the training seed (full_seed1.json -> seed 1).
+PAIRINGS = ("product", "zip", "replicate")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -390,8 +394,10 @@ def _parse_task(name: str, entry: Any, base: Path) -> TaskSpec:
     if "splits" not in entry:
         raise SpecError(f"{where}.splits is required (split file names or globs)")
     pairing = entry.get("pairing", "product")
-    if pairing not in ("product", "zip"):
-        raise SpecError(f"{where}.pairing must be 'product' or 'zip', got {pairing!r}")
+    if pairing not in PAIRINGS:
+        raise SpecError(f"{where}.pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if pairing == "replicate" and "seeds" in entry:
+        raise SpecError(f"{where}: pairing 'replicate' takes the seed from each split file; remove 'seeds'")
     task = TaskSpec(
         name=name, kind=kind, dataset=str(entry["dataset"]), splits=_str_list(entry["splits"], f"{where}.splits"),
         seeds=_int_list(entry.get("seeds", [0]), f"{where}.seeds"), pairing=pairing,
@@ -526,7 +532,7 @@ def load_spec(path: str | os.PathLike, check_files: bool = True,
 
 
 def prepare_datasets(spec: ExperimentSpec) -> None:
-    """Generate missing demo data and missing split files, then check every task's split files resolve."""
+    """Generate missing demo data, (re)write the split files of datasets with a ``splits`` entry, check every task's split files resolve."""
     import logging
 
     log = logging.getLogger(__name__)
@@ -539,19 +545,19 @@ def prepare_datasets(spec: ExperimentSpec) -> None:
         if not dataset.datalist.is_file():
             raise SpecError(f"datasets.{dataset.name}.datalist: file not found: {dataset.datalist}")
         if dataset.splits is not None:
-            index = Path(dataset.splits["out_dir"]) / "index.json"
-            if not index.is_file():
-                from ultradino_monai.data import splits as split_module
+            # Split files are a pure function of (datalist, protocol, seed, options) and byte-identical
+            # when nothing changed, so they are rewritten on every run: never stale after a datalist change.
+            from ultradino_monai.data import splits as split_module
 
-                function = {"fass": split_module.fass_splits, "jnu": split_module.jnu_splits,
-                            "holdout": split_module.holdout_splits}[dataset.splits["protocol"]]
-                log.info("writing %s split files for %s to %s", dataset.splits["protocol"], dataset.name,
-                         dataset.splits["out_dir"])
-                try:
-                    function(dataset.datalist, dataset.splits["out_dir"], dataset.splits["seed"],
-                             **dataset.splits["options"])
-                except TypeError as error:
-                    raise SpecError(f"datasets.{dataset.name}.splits.options: {error}") from error
+            function = {"fass": split_module.fass_splits, "jnu": split_module.jnu_splits,
+                        "holdout": split_module.holdout_splits}[dataset.splits["protocol"]]
+            log.info("writing %s split files for %s to %s", dataset.splits["protocol"], dataset.name,
+                     dataset.splits["out_dir"])
+            try:
+                function(dataset.datalist, dataset.splits["out_dir"], dataset.splits["seed"],
+                         **dataset.splits["options"])
+            except TypeError as error:
+                raise SpecError(f"datasets.{dataset.name}.splits.options: {error}") from error
     for task in spec.tasks.values():
         files = spec.datasets[task.dataset].resolve_splits(task.splits, f"tasks.{task.name}.splits")
         if task.pairing == "zip" and len(files) != len(task.seeds):
