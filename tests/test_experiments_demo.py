@@ -1,0 +1,79 @@
+"""``experiments/demo.yaml`` end to end (slow): the documented commands, the table and every figure,
+and the pretrained demo backbone against a random init of the same architecture in the few-shot cells.
+
+The backbone is ``$ULTRADINO_PRETRAINED_BACKBONE`` or ``bundles/pretrain/models/backbone.pt`` when
+one exists, otherwise the pretrain bundle's demo is run first (into tmp_path). The issue's budget
+for the grid is 30 minutes on 2 CPU cores; the measured time is printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env.pop("OMP_NUM_THREADS", None)  # the runner gives each of its workers cores / workers threads
+    return env
+
+
+@pytest.mark.slow
+def test_demo_grid_end_to_end(tmp_path):
+    backbone = Path(os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt"))
+    if not backbone.is_file():
+        root = tmp_path / "pretrain"
+        completed = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/pretrain/configs/train.json",
+             "--bundle_root", str(root), "--output_dir", str(root / "runs" / "demo")],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=3600)
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+        backbone = root / "models" / "backbone.pt"
+    results = tmp_path / "results"
+    env = _env(ULTRADINO_PRETRAINED_BACKBONE=str(backbone))
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "ultradino_monai.experiments", "run", "experiments/demo.yaml",
+                          "--workers", "2", "--results_dir", str(results)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=3 * 3600)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"demo grid: {minutes:.1f} min on 2 workers")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "44 cell(s): 0 already done, 44 run now, 0 failed" in run.stdout
+
+    report = subprocess.run([sys.executable, "-m", "ultradino_monai.experiments", "report", str(results)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    print(report.stdout)
+    out = results / "report"
+    table = (out / "table1.md").read_text()
+    assert table.splitlines()[0] == "| Method (backbone) | JNU (p=4) | FASS (n=20) | FASS (full) | FT F1 | LP F1 |"
+    assert len(table.splitlines()) == 5  # header, rule, 3 backbones
+    assert (out / "table1.csv").is_file()
+    for name in ("label_efficiency.png", "fewshot_jnu_fewshot.png", "attention.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 400
+
+    with open(out / "groups.csv", newline="") as stream:
+        groups = {(row["experiment_task"], row["method"]): (int(row["n"]), float(row["mean"]), float(row["sem"]))
+                  for row in csv.DictReader(stream)}
+    for task in ("jnu_fewshot", "fass_fewshot"):
+        n_pre, pretrained, sem_pre = groups[(task, "UltraDINO")]
+        n_rnd, random_init, sem_rnd = groups[(task, "scratch")]
+        assert n_pre == n_rnd == 2
+        print(f"{task}: pretrained {100 * pretrained:.2f} ± {100 * sem_pre:.2f}, "
+              f"random init {100 * random_init:.2f} ± {100 * sem_rnd:.2f}")
+        assert pretrained > random_init + max(0.01, sem_pre + sem_rnd), (
+            f"{task}: the pretrained demo backbone does not beat a random init "
+            f"({pretrained:.4f} vs {random_init:.4f})")
+    status = json.loads((results / "status.json").read_text())
+    assert status["counts"]["failed"] == 0
