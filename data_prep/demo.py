@@ -306,8 +306,11 @@ def is_complete(out_dir: str | os.PathLike, seed: int, scale: str = "default") -
     """True if ``out_dir`` holds a complete demo of this seed, scale and generator version."""
     out_dir = Path(out_dir)
     marker = _read_marker(out_dir)
-    return (marker is not None and marker.get("seed") == seed and marker.get("version") == DEMO_VERSION
-            and marker.get("scale") == scale and marker.get("file_count") == len(_owned_files(out_dir)))
+    if not (marker is not None and marker.get("seed") == seed and marker.get("version") == DEMO_VERSION
+            and marker.get("scale") == scale and isinstance(marker.get("files"), list)):
+        return False
+    # files a user added (split files, notes) do not make the demo incomplete; missing ones do
+    return all((out_dir / relative).is_file() for relative in marker["files"])
 
 
 def generate_demo(out_dir: str | os.PathLike, seed: int = 0, scale: str = "default", force: bool = False) -> dict:
@@ -357,10 +360,11 @@ def generate_demo(out_dir: str | os.PathLike, seed: int = 0, scale: str = "defau
         "fass_datalist": "fass/datalist.json",
         "jnu_ifm_datalist": "jnu_ifm/datalist.json",
     }
-    summary["file_count"] = len(_owned_files(out_dir))
-    # the marker goes last: its presence means everything before it is on disk
+    files = [path.relative_to(out_dir).as_posix() for path in _owned_files(out_dir)]
+    summary["file_count"] = len(files)
+    # the marker goes last: its presence means everything it lists is on disk
     write_json_atomic(out_dir / MARKER, {"seed": seed, "version": DEMO_VERSION, "scale": scale,
-                                         "file_count": summary["file_count"], "summary": summary})
+                                         "file_count": len(files), "files": files, "summary": summary})
     logger.info("demo data written to %s in %.1f s (%d files)", out_dir, time.perf_counter() - started,
                 summary["file_count"])
     return {**summary, "regenerated": True, "out_dir": str(out_dir)}

@@ -83,6 +83,20 @@ def test_incomplete_demo_is_detected(demo_dirs):
     assert not demo.is_complete(root, SEED + 1, "tiny")
 
 
+def test_files_added_by_a_user_neither_trigger_regeneration_nor_get_deleted(demo_dirs):
+    root = demo_dirs["b"]
+    extra = root / "fass" / "splits" / "fewshot_n20_draw0.json"
+    extra.parent.mkdir(parents=True, exist_ok=True)
+    extra.write_text("{}")
+    try:
+        assert demo.is_complete(root, SEED, "tiny")
+        assert demo.generate_demo(root, seed=SEED, scale="tiny")["regenerated"] is False
+        assert extra.read_text() == "{}"
+    finally:
+        extra.unlink()
+        extra.parent.rmdir()
+
+
 def test_cli_prints_summary_and_reuses(demo_dirs):
     stream = io.StringIO()
     with redirect_stdout(stream):

@@ -6,6 +6,7 @@ Each function does one thing so ``bundles/pretrain/configs/train.json`` reads li
 from __future__ import annotations
 
 import copy
+import fcntl
 import glob
 import json
 import logging
@@ -200,7 +201,7 @@ def num_classes_of(datalist: str | os.PathLike) -> int:
     return len(classes)
 
 
-def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike) -> Path:
+def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike, scale: str = "default") -> Path:
     """Make sure the demo pretraining data exists: synthetic DICOM archive → ingestion.
 
     Generates ``demo_dir`` with :func:`data_prep.demo.generate_demo` if it is incomplete and
@@ -212,16 +213,19 @@ def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.Path
     from data_prep.ingest import load_secret_key, run_ingest
 
     demo_dir, dataset_dir = Path(demo_dir), Path(dataset_dir)
-    # the demo data always uses its own seed 0: the training seed must not regenerate the shared demo
-    generate_demo(demo_dir)
-    secret = demo_dir / "demo_secret.key"
-    if not secret.exists():
-        secret.write_text(DEMO_SECRET)
-    datalist = dataset_dir / "datalist.json"
-    # ingestion is resumable: a finished run only re-checks its inputs, a regenerated archive is re-ingested
-    logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
-    run_ingest(demo_dir / "archive", dataset_dir, key=load_secret_key(secret), workers=1)
-    return datalist
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    # runs started side by side (a sweep, torchrun ranks) share one demo folder: one prepares, the others wait
+    with open(demo_dir / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # the demo data always uses its own seed 0: the training seed must not regenerate the shared demo
+        generate_demo(demo_dir, scale=scale)
+        secret = demo_dir / "demo_secret.key"
+        if not secret.exists():
+            secret.write_text(DEMO_SECRET)
+        # ingestion is resumable: a finished run only re-checks its inputs, a regenerated archive is re-ingested
+        logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
+        run_ingest(demo_dir / "archive", dataset_dir, key=load_secret_key(secret), workers=1)
+    return dataset_dir / "datalist.json"
 
 
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint\D*?(\d+)\.pt$")
