@@ -361,7 +361,7 @@ def _headline(job: Job) -> str:
         return ""
     for name in ("foreground_dice", "macro_f1"):
         if isinstance(metrics.get(name), (int, float)):
-            return f", {name} {100 * metrics[name]:.2f}"
+            return f", test {name} {100 * metrics[name]:.2f} (x100)"
     return ""
 
 

@@ -12,7 +12,7 @@ file / seed) that run the existing bundles and the nnU-Net harness. Layout::
         demo_dir: demo_data                    # optional: generate the demo data there when missing
         splits:                                # optional: write split files when missing
           protocol: fass                       # fass | jnu | holdout (ultradino_monai.data.splits)
-          out_dir: demo_data/fass/splits       # default: <datalist folder>/splits
+          out_dir: "{results_dir}/splits/fass" # default: <datalist folder>/splits; {results_dir} is replaced
           seed: 0
           options: {num_draws: 2, num_seeds: 2}
         nnunet: {dataset_id: 901, name: DemoFASS, size: 64}   # needed when nnU-Net runs on it
@@ -296,7 +296,7 @@ def _int_list(value: Any, where: str) -> list[int]:
     return list(value)
 
 
-def _parse_dataset(name: str, entry: Any, base: Path) -> DatasetSpec:
+def _parse_dataset(name: str, entry: Any, base: Path, results: Path) -> DatasetSpec:
     where = f"datasets.{name}"
     entry = _expect(entry, where)
     _unknown(entry, ("datalist", "demo_dir", "splits", "split_dir", "nnunet"), where)
@@ -313,6 +313,8 @@ def _parse_dataset(name: str, entry: Any, base: Path) -> DatasetSpec:
         if splits.get("protocol") not in SPLIT_PROTOCOLS:
             raise SpecError(f"{where}.splits.protocol must be one of {SPLIT_PROTOCOLS}, got {splits.get('protocol')!r}")
         out_dir = splits.get("out_dir")
+        if isinstance(out_dir, str):
+            out_dir = out_dir.replace("{results_dir}", str(results))
         splits["out_dir"] = _path(out_dir, base, f"{where}.splits.out_dir") if out_dir else dataset.datalist.parent / "splits"
         splits["seed"] = int(splits.get("seed", 0))
         splits["options"] = _expect(splits.get("options") or {}, f"{where}.splits.options")
@@ -429,7 +431,13 @@ def parse_spec(document: Any, path: Path | None = None, base: Path | None = None
         if not document.get(key):
             raise SpecError(f"experiment: '{key}' is required and must not be empty")
     name = _name(document.get("name", path.stem if path else "experiment"), "name")
-    datasets = {_name(k, f"datasets.{k}"): _parse_dataset(k, v, base) for k, v in _expect(document["datasets"], "datasets").items()}
+    if "results_dir" in document or results_dir is not None:
+        chosen = results_dir if results_dir is not None else document["results_dir"]
+        results = _path(str(chosen), base, "results_dir")
+    else:
+        results = base / "runs" / "experiments" / name
+    datasets = {_name(k, f"datasets.{k}"): _parse_dataset(k, v, base, results)
+                for k, v in _expect(document["datasets"], "datasets").items()}
     backbones = {_name(k, f"backbones.{k}"): _parse_backbone(k, v, base)
                  for k, v in _expect(document["backbones"], "backbones").items()}
     tasks = {_name(k, f"tasks.{k}"): _parse_task(k, v, base) for k, v in _expect(document["tasks"], "tasks").items()}
@@ -474,11 +482,6 @@ def parse_spec(document: Any, path: Path | None = None, base: Path | None = None
                 raise SpecError(f"report.{key}.backbones: {backbone_name!r} is not a ViT backbone of this file")
         if "dataset" in entry and entry["dataset"] not in datasets:
             raise SpecError(f"report.{key}.dataset: unknown dataset {entry['dataset']!r}")
-    if "results_dir" in document or results_dir is not None:
-        chosen = results_dir if results_dir is not None else document["results_dir"]
-        results = _path(str(chosen), base, "results_dir")
-    else:
-        results = base / "runs" / "experiments" / name
     spec = ExperimentSpec(name=name, path=path, results_dir=results, datasets=datasets, backbones=backbones,
                           tasks=tasks, report=report, raw=copy.deepcopy(document))
     if not spec.pairs():
