@@ -19,6 +19,7 @@ from ultradino_monai.ssl import (
     iBOTPatchLoss,
     knn_accuracy,
     knn_classify,
+    knn_leave_one_group_out,
     rankme,
     sinkhorn_knopp,
     update_ema,
@@ -185,6 +186,24 @@ def _distributed_worker(rank: int, world_size: int, port: int, results) -> None:
         results[rank] = {**results[rank], "ema": (teacher.weight.item(), teacher.bias.item())}
     finally:
         dist.destroy_process_group()
+
+
+def test_knn_leave_one_group_out_never_uses_the_own_patient():
+    # angles 0, 10, 25, 90 degrees; patients a, a, b, b; labels 0, 1, 1, 0
+    angles = torch.deg2rad(torch.tensor([0.0, 10.0, 25.0, 90.0]))
+    features = torch.stack([angles.cos(), angles.sin()], dim=1)
+    labels = torch.tensor([0, 1, 1, 0])
+    groups = torch.tensor([0, 0, 1, 1])
+    # k=1, other patients only: 0 -> 2 (25 deg away; 1 at 10 deg is the same patient), 1 -> 2,
+    # 2 -> 1 (15 deg), 3 -> 1 (80 deg)
+    assert knn_leave_one_group_out(features, labels, groups, k=1).tolist() == [1, 1, 1, 1]
+    # every sample its own group = plain leave-one-out: 0 -> 1, 1 -> 0, 2 -> 1, 3 -> 2
+    assert knn_leave_one_group_out(features, labels, torch.arange(4), k=1).tolist() == [1, 0, 1, 1]
+    # k beyond the other-patient pool (2 samples) is clamped to it
+    assert torch.equal(knn_leave_one_group_out(features, labels, groups, k=10),
+                       knn_leave_one_group_out(features, labels, groups, k=2))
+    with pytest.raises(ValueError, match="two groups"):
+        knn_leave_one_group_out(features, labels, torch.zeros(4, dtype=torch.long))
 
 
 def test_distributed_centering_and_sinkhorn_use_global_batch():

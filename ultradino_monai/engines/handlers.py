@@ -15,7 +15,7 @@ from monai.utils import convert_to_tensor
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ultradino_monai.ssl import knn_classify, rankme
+from ultradino_monai.ssl import knn_classify, knn_leave_one_group_out, rankme
 
 logger = logging.getLogger(__name__)
 
@@ -138,16 +138,18 @@ def extract_features(
     image_key: str = "image",
     label_key: str = "label",
     amp: bool = False,
+    group_key: str = "patient",
 ) -> dict[str, torch.Tensor]:
     """Embed every batch of ``loader`` with ``backbone`` in eval mode.
 
     Returns ``cls`` [N,D] (normed CLS token), ``avgpool`` [N,D] (mean of normed patch tokens,
-    registers excluded) and ``labels`` [N].
+    registers excluded), ``labels`` [N] and ``groups`` [N] (integer ids of ``group_key``, e.g.
+    the patient, in order of first appearance; each sample is its own group when the key is absent).
     """
     was_training = backbone.training
     backbone.eval()
     device = torch.device(device)
-    cls, pooled, labels = [], [], []
+    cls, pooled, labels, group_names = [], [], [], []
     for batch in loader:
         images = convert_to_tensor(batch[image_key], track_meta=False).to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -155,20 +157,35 @@ def extract_features(
         cls.append(features["x_norm_clstoken"].float().cpu())
         pooled.append(features["x_norm_patchtokens"].float().mean(dim=1).cpu())
         labels.append(torch.as_tensor(batch[label_key]).reshape(-1).long().cpu())
+        names = batch.get(group_key)
+        group_names += list(names) if names is not None else [None] * images.shape[0]
     backbone.train(was_training)
-    return {"cls": torch.cat(cls), "avgpool": torch.cat(pooled), "labels": torch.cat(labels)}
+    ids: dict[Any, int] = {}
+    groups = [ids.setdefault(name, len(ids)) if name is not None else -1 - index
+              for index, name in enumerate(group_names)]
+    return {"cls": torch.cat(cls), "avgpool": torch.cat(pooled), "labels": torch.cat(labels),
+            "groups": torch.tensor(groups, dtype=torch.long)}
 
 
-def knn_scores(bank: dict[str, torch.Tensor], queries: dict[str, torch.Tensor], num_classes: int,
+def knn_scores(bank: dict[str, torch.Tensor], queries: dict[str, torch.Tensor] | None, num_classes: int,
                k: int = 20, temperature: float = 0.07) -> dict[str, float]:
-    """kNN top-1 accuracy (%) of the CLS and the average-pooled patch features."""
+    """kNN top-1 accuracy (%) of the CLS and the average-pooled patch features.
+
+    Without ``queries`` every bank sample is a query, classified leave-one-group-out (by patient).
+    """
     scores = {}
     for kind in ("cls", "avgpool"):
-        predictions = knn_classify(
-            bank[kind], bank["labels"], queries[kind], k=min(k, len(bank["labels"])),
-            temperature=temperature, num_classes=num_classes,
-        )
-        scores[kind] = 100.0 * float((predictions == queries["labels"]).float().mean())
+        if queries is None:
+            predictions = knn_leave_one_group_out(bank[kind], bank["labels"], bank["groups"], k=k,
+                                                  temperature=temperature, num_classes=num_classes)
+            targets = bank["labels"]
+        else:
+            predictions = knn_classify(
+                bank[kind], bank["labels"], queries[kind], k=min(k, len(bank["labels"])),
+                temperature=temperature, num_classes=num_classes,
+            )
+            targets = queries["labels"]
+        scores[kind] = 100.0 * float((predictions == targets).float().mean())
     return scores
 
 
@@ -176,8 +193,10 @@ class SSLMonitor:
     """Every ``interval`` iterations: teacher kNN accuracy, RankMe and collapse diagnostics.
 
     kNN follows DINO (k=20, cosine similarity, votes weighted by exp(sim/T), T=0.07) with the
-    labelled ``bank_loader`` as memory and ``query_loader`` as queries. RankMe is computed on
-    the query CLS embeddings. ``feature_std`` is the mean per-dimension std of the
+    labelled ``bank_loader`` as memory and ``query_loader`` as queries; with ``query_loader=None``
+    every bank image is a query, classified from the other patients' images (leave one patient
+    out), which on a small monitoring set cuts the sampling error of the accuracy. RankMe is
+    computed on the query CLS embeddings. ``feature_std`` is the mean per-dimension std of the
     L2-normalised teacher CLS: near 0 means the embedding collapsed to a constant.
     Results go to TensorBoard (if ``summary_writer`` is given), to ``jsonl`` and to the log.
 
@@ -225,14 +244,17 @@ class SSLMonitor:
     def evaluate(self, backbone: nn.Module) -> dict[str, float]:
         backbone_device = next(backbone.parameters()).device
         bank = extract_features(backbone, self.bank_loader, backbone_device, amp=self.amp)
-        queries = extract_features(backbone, self.query_loader, backbone_device, amp=self.amp)
+        queries = None
+        if self.query_loader is not None:
+            queries = extract_features(backbone, self.query_loader, backbone_device, amp=self.amp)
         scores = knn_scores(bank, queries, self.num_classes, self.k, self.temperature)
-        normalised = torch.nn.functional.normalize(queries["cls"], dim=-1)
+        embedded = queries if queries is not None else bank
+        normalised = torch.nn.functional.normalize(embedded["cls"], dim=-1)
         return {
             "knn_cls": scores["cls"],
             "knn_avgpool": scores["avgpool"],
-            "rankme_cls": float(rankme(queries["cls"])),
-            "rankme_avgpool": float(rankme(queries["avgpool"])),
+            "rankme_cls": float(rankme(embedded["cls"])),
+            "rankme_avgpool": float(rankme(embedded["avgpool"])),
             "feature_std": float(normalised.std(dim=0).mean()),
         }
 

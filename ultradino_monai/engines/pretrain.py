@@ -182,14 +182,15 @@ def pretrain_dataloader(
 
 def labelled_loader(
     datalist: str | os.PathLike,
-    section: str,
+    section: str | Sequence[str],
     preprocessing,
     batch_size: int = 64,
 ) -> DataLoader:
-    """Deterministic loader of a labelled datalist section (kNN monitoring, linear probes)."""
-    items = load_datalist(datalist, section)
+    """Deterministic loader of one or more labelled datalist sections (kNN monitoring, linear probes)."""
+    sections = [section] if isinstance(section, str) else list(section)
+    items = [item for name in sections for item in load_datalist(datalist, name)]
     if not items:
-        raise ValueError(f"{datalist}: section {section!r} is empty")
+        raise ValueError(f"{datalist}: section(s) {sections} are empty")
     return DataLoader(Dataset(items, transform=preprocessing), batch_size=batch_size, shuffle=False, num_workers=0)
 
 

@@ -7,7 +7,7 @@ The projection head lives in :mod:`ultradino_monai.networks.heads`.
 from .centering import CenteredTeacherLoss, sinkhorn_knopp
 from .dino_clstoken_loss import DINOLoss, soft_cross_entropy
 from .ibot_patch_loss import iBOTPatchLoss, masks_weight_from_masks
-from .knn import knn_accuracy, knn_classify
+from .knn import knn_accuracy, knn_classify, knn_leave_one_group_out
 from .koleo_loss import KoLeoLoss
 from .masking import MaskingGenerator, MultiCropMaskCollate, collate_multicrop_with_masks
 from .param_groups import apply_optim_scheduler, fuse_params_groups, get_params_groups_with_decay, layer_id_for_name
@@ -40,4 +40,5 @@ __all__ = [
     "rankme",
     "knn_classify",
     "knn_accuracy",
+    "knn_leave_one_group_out",
 ]

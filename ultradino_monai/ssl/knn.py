@@ -8,6 +8,11 @@ For a test feature x and the k most cosine-similar training features ``f_1..f_k`
 
 The normalisation of w (DINOv2 uses a softmax, DINO v1 raw ``exp(s / T)``) does not change
 the argmax. Defaults k=20, T=0.07 as in DINO. Ties go to the lower class index.
+
+:func:`knn_leave_one_group_out` scores a single labelled set against itself: each sample is
+classified by its neighbours from *other* groups only (a group is a patient), so no image is
+its own neighbour and no patient's second image leaks its label. On a small monitoring set
+this uses every labelled image as a query instead of one held-out section.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-__all__ = ["knn_classify", "knn_accuracy"]
+__all__ = ["knn_classify", "knn_accuracy", "knn_leave_one_group_out"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +77,55 @@ def knn_classify(
     predictions = []
     for start in range(0, test_features.shape[0], chunk_size):
         test = F.normalize(test_features[start : start + chunk_size].float().to(train.device), dim=1)
-        sims, idx = (test @ train.t()).topk(k, dim=1)
-        weights = torch.softmax(sims / temperature, dim=1)
-        votes = F.one_hot(labels[idx], n_classes).float()  # [chunk, k, C]
-        scores = (weights.unsqueeze(-1) * votes).sum(dim=1)
-        predictions.append(scores.argmax(dim=1))
+        predictions.append(_vote(test @ train.t(), labels, k, temperature, n_classes))
     if not predictions:
         return torch.empty(0, dtype=torch.long, device=train.device)
     return torch.cat(predictions)
+
+
+def _vote(similarities: torch.Tensor, labels: torch.Tensor, k: int, temperature: float, n_classes: int) -> torch.Tensor:
+    """``[Q, N]`` similarities (``-inf`` = excluded) -> ``[Q]`` weighted-vote predictions."""
+    sims, idx = similarities.topk(k, dim=1)
+    weights = torch.softmax(sims / temperature, dim=1)  # excluded neighbours get weight exp(-inf) = 0
+    votes = F.one_hot(labels[idx], n_classes).float()  # [Q, k, C]
+    scores = (weights.unsqueeze(-1) * votes).sum(dim=1)
+    return scores.argmax(dim=1)
+
+
+@torch.no_grad()
+def knn_leave_one_group_out(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    groups: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+) -> torch.Tensor:
+    """Predicted class ``[N]`` of every sample from the samples of the other groups.
+
+    Args:
+        features: ``[N, D]`` (L2-normalised here).
+        labels: ``[N]`` integer labels in ``[0, num_classes)``.
+        groups: ``[N]`` integer group ids (e.g. patients); a sample never votes for its own group.
+        k, temperature, num_classes: as in :func:`knn_classify`; k is clamped to the size of the
+            smallest pool of other-group samples.
+    """
+    _check_inputs(features, labels, features)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups must be [{labels.shape[0]}], got {tuple(groups.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    labels, groups = labels.long(), groups.to(labels.device)
+    n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    same_group = groups[:, None] == groups[None, :]
+    pool = int((~same_group).sum(dim=1).min())
+    if pool == 0:
+        raise ValueError("leave-one-group-out kNN needs at least two groups")
+    normalised = F.normalize(features.float(), dim=1)
+    similarities = (normalised @ normalised.t()).masked_fill(same_group, float("-inf"))
+    return _vote(similarities, labels, min(k, pool), temperature, n_classes)
 
 
 @torch.no_grad()
