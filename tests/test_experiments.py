@@ -43,7 +43,7 @@ def tiny(tmp_path_factory):
     generate_fass(root, seed=0, scale=SCALES["tiny"])
     generate_planes(root, seed=0, scale=SCALES["tiny"])
     torch.manual_seed(0)
-    model = build_vit("vit_tiny", patch_size=16, depth=2, embed_dim=32, num_heads=2, img_size=32)
+    model = build_vit("vit_tiny", patch_size=16, depth=4, embed_dim=32, num_heads=2, img_size=32)
     save_backbone(model, root / "models" / "backbone.pt", {"arch": "vit_tiny"})  # as the pretrain bundle's export
     return root
 
@@ -205,10 +205,10 @@ def test_cell_overrides_follow_the_repeat_contract(planned, tiny):
     # random init: "none" (the bundle CLI drops null overrides), the export's shape
     rnd = cell["fewshot/rnd/fewshot_n2_draw0_seed0"].description["run"]["overrides"]
     assert rnd["pretrained_ckpt"] == "none" and rnd["scratch_arch"] == "vit_tiny"
-    assert rnd["scratch_overrides"] == {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0}
+    assert rnd["scratch_overrides"] == {"patch_size": 16, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 4.0}
     ft = cell["ft/rnd/full_seed1_seed1"].description["run"]["overrides"]
     # merged into the classification config's own random_init (keeps its LayerScale init 0.1)
-    assert ft["random_init"] == {"arch": "vit_tiny", "depth": 2, "init_values": 0.1, "patch_size": 16,
+    assert ft["random_init"] == {"arch": "vit_tiny", "depth": 4, "init_values": 0.1, "patch_size": 16,
                                  "embed_dim": 32, "num_heads": 2, "mlp_ratio": 4.0, "num_register_tokens": 4}
     assert ft["if_missing"] == "error" and ft["pretrained_ckpt"] == "none"
     lp = cell["lp/pre/full_seed0_seed0"].description
@@ -389,11 +389,21 @@ def test_killing_the_runner_and_rerunning_finishes_only_the_remaining_cells(tiny
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     results = tmp_path / "results" / "lp" / "pre"
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    status_path = tmp_path / "results" / "status.json"
+
+    def second_cell_running() -> bool:
+        if not list(results.glob("*/result.json")) or not status_path.is_file():
+            return False
+        jobs = json.loads(status_path.read_text())["jobs"]
+        return any(entry["state"] == "running" and not (results / job.split("/")[-1] / "result.json").is_file()
+                   for job, entry in jobs.items())
+
     deadline = time.monotonic() + 600
-    while not list(results.glob("*/result.json")):
+    while not second_cell_running():  # one cell finished, the next one is in flight
         assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    time.sleep(2)  # let the in-flight cell start its bundle process
     process.send_signal(signal.SIGKILL)
     process.wait()
     first = list(results.glob("*/result.json"))

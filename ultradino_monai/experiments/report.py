@@ -291,7 +291,8 @@ def plot_attention(
     heads = max(m.shape[1] for m in maps)
     plt = _pyplot()
     rows = len(items) * len(backbones)
-    figure, axes = plt.subplots(rows, heads + 1, figsize=(1.6 * (heads + 1), 1.75 * rows + 0.6), squeeze=False)
+    figure, axes = plt.subplots(rows, heads + 1, figsize=(1.5 * (heads + 1) + 1.4, 1.5 * rows + 0.5), squeeze=False,
+                                gridspec_kw={"wspace": 0.04, "hspace": 0.08})
     for i in range(len(items)):
         image = images[i, 0].numpy()
         for b, backbone in enumerate(backbones):
@@ -316,9 +317,8 @@ def plot_attention(
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(title or f"Last-block CLS attention per head ({section} images, {image_size} px; "
+    figure.suptitle(title or f"Last-block CLS attention per head ({section} images, {image_size} px;\n"
                     "each map scaled to its own range)", fontsize=9)
-    figure.tight_layout()
     result = _save(figure, Path(path))
     plt.close(figure)
     return result
