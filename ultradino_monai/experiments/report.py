@@ -105,7 +105,7 @@ def table_columns(snapshot: Mapping[str, Any], records: Sequence[Mapping[str, An
         own = [r for r in records if r["experiment_task"] == name]
         datasets = tuple(sorted({r["dataset"] for r in own})) or (task["dataset"],)
         kinds = tuple(sorted({r["split_kind"] for r in own})) or ("-",)
-        columns.append(Table1Column(task["column"], own[0]["task"] if own else _task_name(task["kind"]),
+        columns.append(Table1Column(task["column"], own[0]["task"] if own else task["kind"],
                                     datasets, kinds, _METRIC_OF_KIND[task["kind"]]))
     titles = [c.title for c in columns]
     if len(set(titles)) != len(titles):
@@ -117,10 +117,6 @@ def table_columns(snapshot: Mapping[str, Any], records: Sequence[Mapping[str, An
             raise ResultError(f"{record['result_file']} (task {record['experiment_task']}) would fall into column(s) "
                               f"{hits}; give the tasks distinct datasets or split kinds")
     return columns
-
-
-def _task_name(kind: str) -> str:
-    return kind
 
 
 def _percent(split_kind: str) -> float | None:

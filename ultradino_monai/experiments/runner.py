@@ -470,7 +470,6 @@ class GridRunner:
         self._progress(f"{len(skipped)} cell(s) already have results; "
                        f"{sum(1 for j in self.jobs if self.state[j.job_id]['state'] == 'pending')} job(s) to run on "
                        f"{len(self.environments)} worker(s)")
-        by_id = {job.job_id: job for job in self.jobs}
         pending = [job for job in self.jobs if self.state[job.job_id]["state"] == "pending"]
         running: list[_Running] = []
         finished: list[str] = []
@@ -528,7 +527,6 @@ class GridRunner:
             if in_main_thread:
                 for signum, handler in handlers.items():
                     signal.signal(signum, handler)
-        del by_id
         self._progress("grid finished")
         return GridSummary(self.jobs, skipped, finished, failed)
 
