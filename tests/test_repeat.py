@@ -80,6 +80,8 @@ def test_plan_runs_names_folders_and_overrides(tmp_path, bundle):
         repeat.plan_runs(tmp_path, seeds=[0], overrides={"seed": 3})
     with pytest.raises(repeat.RepeatError, match="unknown key role"):
         repeat.plan_runs(tmp_path, keys={"sed": "x"})
+    with pytest.raises(repeat.RepeatError, match=r"\['pretrained_ckpt'\] are None.*'none'"):
+        repeat.plan_runs(tmp_path, seeds=[0], overrides={"pretrained_ckpt": None})
     assert repeat.parse_override("lr=1e-4") == ("lr", 1e-4)
     assert repeat.parse_override("ckpt=null") == ("ckpt", None)
     assert repeat.parse_override("name=a=b") == ("name", "a=b")

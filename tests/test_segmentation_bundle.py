@@ -249,7 +249,8 @@ def test_fewshot_pretrained_backbone_beats_random_init(tmp_path):
         "bundle_root": str(tmp_path),
     }
     means = {}
-    for arm, checkpoint in (("pretrained", str(backbone)), ("scratch", None)):
+    # "none", not None: the bundle CLI drops None overrides and would load the default export
+    for arm, checkpoint in (("pretrained", str(backbone)), ("scratch", "none")):
         summary = repeat.repeat(
             CONFIGS / "train.json", tmp_path / "runs" / arm, seeds=[0], split_files=splits,
             eval_config_file=CONFIGS / "evaluate.json", overrides={**common, "pretrained_ckpt": checkpoint},

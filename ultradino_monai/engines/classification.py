@@ -27,7 +27,7 @@ from torch import nn
 
 from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic
 from ultradino_monai.engines.handlers import is_main_process
-from ultradino_monai.engines.pretrain import as_bool
+from ultradino_monai.engines.config_values import as_bool
 from ultradino_monai.evaluation.linear_probe import all_gather_variable
 from ultradino_monai.networks.checkpoints import CheckpointError, LoadedBackbone, load_backbone
 from ultradino_monai.networks.classifier import Classifier, backbone_config, build_backbone_from_config

@@ -22,6 +22,7 @@ from torch import nn
 
 from ultradino_monai.data.datalist import load_datalist, read_datalist
 from ultradino_monai.data.sampling import InfiniteSeededSampler, SeededTransformDataset
+from ultradino_monai.engines.config_values import as_bool, optional_path
 from ultradino_monai.engines.handlers import is_main_process
 from ultradino_monai.networks.checkpoints import save_backbone
 from ultradino_monai.networks.dino_model import DinoModel
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SampleSeededMaskCollate",
     "as_bool",
+    "optional_path",
     "assert_replicas_identical",
     "configure_run",
     "is_main_process",
@@ -51,30 +53,6 @@ __all__ = [
 ]
 
 DEMO_SECRET = "ultradino-demo-key: synthetic data only, never use for patient data\n"
-
-
-def as_bool(value: Any) -> bool:
-    """Interpret a CLI value: python-fire passes ``true``/``false`` as strings."""
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", "none", ""):
-            return False
-        raise ValueError(f"expected a boolean (true/false), got {value!r}")
-    return bool(value)
-
-
-def optional_path(value: Any) -> str | None:
-    """A path that the CLI can switch off: ``none``, ``off``, ``false`` or ``""`` mean no path.
-
-    The bundle CLI drops overrides whose value is Python ``None`` (python-fire turns ``None`` into
-    ``None`` and ``monai.bundle`` then ignores it), so a lowercase ``none`` is the way to disable.
-    """
-    if value is None or value is False:
-        return None
-    text = str(value).strip()
-    return None if text.lower() in ("", "none", "off", "false", "null") else text
 
 
 def make_teacher(student: DinoModel) -> DinoModel:

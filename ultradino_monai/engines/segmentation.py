@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic
+from ultradino_monai.engines.config_values import as_bool, optional_path
 from ultradino_monai.networks.checkpoints import load_backbone, sidecar_path
 from ultradino_monai.networks.segmenter import Segmenter
 from ultradino_monai.networks.vit import BeitBackbone, DinoVisionTransformer
@@ -65,7 +66,7 @@ __all__ = [
     "SigmoidDiceCELoss",
     "WarmupPolyLambda",
     "as_bool",
-    "as_optional_path",
+    "optional_path",
     "backbone_name",
     "build_lr_scheduler",
     "build_optimizer",
@@ -96,28 +97,6 @@ SPEC_VERSION = 1
 
 
 # --------------------------------------------------------------------------- small helpers
-def as_bool(value: Any) -> bool:
-    """Interpret a config / CLI value (python-fire passes ``true``/``false`` as strings)."""
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on", "applied"):
-            return True
-        if lowered in ("0", "false", "no", "off", "none", ""):
-            return False
-        raise ValueError(f"expected a boolean (true/false), got {value!r}")
-    return bool(value)
-
-
-def as_optional_path(value: Any) -> str | None:
-    """``None``, ``""``, ``"none"``, ``"null"``, ``"scratch"`` -> None (random init); else the path as str."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    if text.lower() in ("", "none", "null", "scratch", "random"):
-        return None
-    return text
-
-
 def unwrap(module: nn.Module) -> nn.Module:
     """The model inside DDP / DataParallel / ``torch.compile`` wrappers."""
     while True:
@@ -137,7 +116,7 @@ def _world() -> tuple[int, int]:
 
 def default_pretrained(path: str | os.PathLike | None) -> str | None:
     """``path`` if that file exists (the pretrain bundle's export), else None = random init (logged)."""
-    path = as_optional_path(path)
+    path = optional_path(path)
     if path is None:
         return None
     if Path(path).is_file():
@@ -375,7 +354,7 @@ def build_segmenter(
         mean, std: override the normalisation of the checkpoint's source.
         trust_pickle: allow pickled objects in the checkpoint file (trusted files only).
     """
-    pretrained_ckpt = as_optional_path(pretrained_ckpt)
+    pretrained_ckpt = optional_path(pretrained_ckpt)
     keep_registers = as_bool(keep_registers)
     common = dict(
         source=backbone_source,

@@ -153,6 +153,11 @@ def plan_runs(
 ) -> list[RepeatRun]:
     """One :class:`RepeatRun` per (split file, seed); see the module docstring for the overrides."""
     keys = {**DEFAULT_KEYS, **dict(keys or {})}
+    dropped = sorted(key for key, value in dict(overrides or {}).items() if value is None)
+    if dropped:
+        # monai.bundle ignores None overrides, so the config default would silently run instead
+        raise RepeatError(f"override(s) {dropped} are None, which monai.bundle ignores; pass the string "
+                          "'none' (e.g. pretrained_ckpt=none for random init)")
     unknown = sorted(set(keys) - set(DEFAULT_KEYS))
     if unknown:
         raise RepeatError(f"unknown key role(s) {unknown}; roles are {sorted(DEFAULT_KEYS)}")
