@@ -38,6 +38,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from ultradino_monai.data.datalist import atomic_write, write_text_atomic  # noqa: F401 (re-exported)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -329,32 +331,13 @@ def to_grayscale(array: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
     raise ConversionError(f"{what}: unsupported image shape {array.shape}; expected H x W or H x W x 1/3/4")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            temporary.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a ``[H, W]`` uint8 array as an 8-bit single-channel PNG (mode "L"), atomically."""
     if array.ndim != 2 or array.dtype != np.uint8:
         raise ValueError(f"write_png_atomic expects a 2-D uint8 array, got {array.dtype} {array.shape}")
     # A 2-D uint8 array always becomes mode "L" (Pillow deprecated the explicit mode argument).
     image = Image.fromarray(np.ascontiguousarray(array))
-    _atomic_write(Path(path), lambda temporary: image.save(temporary, format="PNG"))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file (CSV reports) atomically."""
-    _atomic_write(Path(path), lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def check_counts(found: Mapping[str, int], expected: Mapping[str, int | None], hint: str) -> None:

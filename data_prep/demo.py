@@ -36,9 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from data_prep.dicom_synth import ArchiveConfig, _atomic_write_bytes, write_archive
+from data_prep.dicom_synth import ArchiveConfig, write_archive
 from data_prep.phantom import FASS_LABELS, INTRAPARTUM, JNU_LABELS, PLANE_CLASSES, render_plane, render_sequence
-from ultradino_monai.data.datalist import read_datalist, write_datalist, write_json_atomic
+from ultradino_monai.data.datalist import atomic_write, read_datalist, write_datalist, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 (H, W) array for {path}, got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
     Image.fromarray(array, "L").save(buffer, format="PNG", compress_level=1)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
 
 
 def split_patients(patients: Sequence[str], rng: np.random.Generator, fractions=(0.6, 0.2, 0.2),
@@ -426,7 +426,7 @@ def make_preview(out_dir: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    _atomic_write_bytes(png_path, buffer.getvalue())
+    atomic_write(png_path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
     return png_path
 
 

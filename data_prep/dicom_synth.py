@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -52,6 +51,7 @@ from pydicom.uid import (
 )
 
 from data_prep.phantom import PLANE_CLASSES, PlaneImage, render_sequence
+from ultradino_monai.data.datalist import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -447,19 +447,6 @@ def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def build_dataset(
     frames: np.ndarray,
     photometric: str,
@@ -595,7 +582,7 @@ def write_dataset(path: Path, ds: Dataset) -> None:
     """Serialise with pydicom (no timestamps are added) and write atomically."""
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
 
 
 # --------------------------------------------------------------------------------------

@@ -50,14 +50,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic
+from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic, write_png_atomic
 
 from nnunet_baselines.environment import check_nnunet_version, configure_environment
 
@@ -135,20 +134,6 @@ def quantise_image(image: np.ndarray, bit_depth: int = 8) -> np.ndarray:
     top = (1 << bit_depth) - 1
     values = np.rint(np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * top)
     return values.astype(np.uint8 if bit_depth == 8 else np.uint16)
-
-
-def _atomic_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        Image.fromarray(array).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def _resolved(path: str) -> str:
@@ -351,8 +336,8 @@ def export_dataset(
             if unknown:
                 raise ExportError(f"{item['label']}: label values {sorted(unknown)} not in the labels {labels}")
             stored_image, stored_label = quantise_image(image, bit_depth), label.astype(np.uint8)
-            _atomic_png(dataset_dir / image_folder / f"{identifier}_0000{FILE_ENDING}", stored_image)
-            _atomic_png(dataset_dir / label_folder / f"{identifier}{FILE_ENDING}", stored_label)
+            write_png_atomic(dataset_dir / image_folder / f"{identifier}_0000{FILE_ENDING}", stored_image)
+            write_png_atomic(dataset_dir / label_folder / f"{identifier}{FILE_ENDING}", stored_label)
             for part in (role, identifier, stored_image.tobytes(), stored_label.tobytes()):
                 pixels.update(part if isinstance(part, bytes) else part.encode())
             written[role] += 1

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 PATH_KEYS = ("image", "label")
 
@@ -73,35 +73,42 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     return document
 
 
-def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    Readers never see half a file, and on any error the temporary file is removed and ``path``
+    is left as it was. Returns ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(document, stream, indent=2, sort_keys=False)
-            stream.write("\n")
+        write(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
+    """Write JSON (indented, newline-terminated) atomically."""
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(document, indent=2) + "\n"))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file (Markdown, CSV) through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """Write a text file (Markdown, CSV) atomically, UTF-8."""
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_png_atomic(path: str | os.PathLike, array: Any) -> None:
+    """Write an array Pillow can encode (``[H, W]`` uint8/uint16 or ``[H, W, 3]`` uint8) as PNG, atomically."""
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def write_datalist(

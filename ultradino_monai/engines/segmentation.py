@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from monai.transforms import CastToTyped, Compose, NormalizeIntensityd, RepeatCh
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic
+from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic, write_png_atomic
 from ultradino_monai.engines.config_values import as_bool, optional_path
 from ultradino_monai.networks.checkpoints import load_backbone, sidecar_path
 from ultradino_monai.networks.segmenter import Segmenter
@@ -805,21 +804,6 @@ PALETTE = (
 )
 
 
-def _atomic_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        Image.fromarray(array).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def colour_overlay(grey: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """RGB uint8 overlay: ``grey`` ``[H, W]`` uint8 with foreground classes blended in :data:`PALETTE` colours."""
     if grey.shape != mask.shape:
@@ -900,11 +884,11 @@ class PredictionWriter:
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             mask = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
             relative = self._relative(filename)
-            _atomic_png(self.output_dir / "masks" / relative, mask)
+            write_png_atomic(self.output_dir / "masks" / relative, mask)
             if os.path.isfile(filename):
                 grey = np.asarray(Image.open(filename).convert("L"))
                 if grey.shape == mask.shape:
-                    _atomic_png(self.output_dir / "overlays" / relative, colour_overlay(grey, mask, self.alpha))
+                    write_png_atomic(self.output_dir / "overlays" / relative, colour_overlay(grey, mask, self.alpha))
             counts = np.bincount(mask.ravel(), minlength=len(self.labels))
             self.records.append({
                 "image": filename,

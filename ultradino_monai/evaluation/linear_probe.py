@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,8 @@ import torch.nn.functional as F
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
+
+from ultradino_monai.data.datalist import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -525,16 +526,7 @@ def cached_probe_features(
     features, labels = extract_probe_features(extractor, loader, device)
     record = {"features": features, "labels": labels, "images": images, "key": key}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(record, temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        atomic_write(path, lambda temporary: torch.save(record, temporary))
         logger.info("%s: embedded %d images, cached in %s", name, len(images), path)
     return {**record, "cache_hit": False}
 

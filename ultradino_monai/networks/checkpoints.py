@@ -97,7 +97,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
-from ultradino_monai.data.datalist import write_json_atomic
+from ultradino_monai.data.datalist import atomic_write, write_json_atomic
 from ultradino_monai.networks.vit import ARCHS, BeitBackbone, DinoVisionTransformer, arch_name_for, build_vit, grid_side
 
 logger = logging.getLogger(__name__)
@@ -224,17 +223,8 @@ def save_backbone(
         raise ValueError(f"extra_info must be JSON-serialisable: {error}") from error
 
     state = {key: value.detach().to("cpu").clone().contiguous() for key, value in backbone.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        digest = _sha256(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
+    digest = _sha256(path)
     document = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
