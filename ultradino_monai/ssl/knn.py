@@ -64,14 +64,8 @@ def knn_classify(
         chunk_size: test rows per similarity block (bounds memory at chunk x N_train).
     """
     _check_inputs(train_features, train_labels, test_features)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     labels = train_labels.long()
-    n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    if int(labels.max()) >= n_classes:
-        raise ValueError(f"train_labels has class {int(labels.max())} but num_classes={n_classes}")
+    n_classes = _check_vote_args(labels, k, temperature, num_classes)
     k = min(k, train_features.shape[0])
     train = F.normalize(train_features.float(), dim=1)
     predictions = []
@@ -81,6 +75,18 @@ def knn_classify(
     if not predictions:
         return torch.empty(0, dtype=torch.long, device=train.device)
     return torch.cat(predictions)
+
+
+def _check_vote_args(labels: torch.Tensor, k: int, temperature: float, num_classes: int | None) -> int:
+    """Validate the vote parameters; returns the number of classes."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if int(labels.max()) >= n_classes:
+        raise ValueError(f"labels have class {int(labels.max())} but num_classes={n_classes}")
+    return n_classes
 
 
 def _vote(similarities: torch.Tensor, labels: torch.Tensor, k: int, temperature: float, n_classes: int) -> torch.Tensor:
@@ -113,12 +119,8 @@ def knn_leave_one_group_out(
     _check_inputs(features, labels, features)
     if groups.shape != labels.shape:
         raise ValueError(f"groups must be [{labels.shape[0]}], got {tuple(groups.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     labels, groups = labels.long(), groups.to(labels.device)
-    n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    n_classes = _check_vote_args(labels, k, temperature, num_classes)
     same_group = groups[:, None] == groups[None, :]
     pool = int((~same_group).sum(dim=1).min())
     if pool == 0:
