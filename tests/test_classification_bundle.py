@@ -209,6 +209,45 @@ def test_torchscript_and_onnx_exports_match_eager(finetuned, tmp_path):
     assert np.max(np.abs(onnx_out - eager.numpy())) <= 1e-4
 
 
+def test_quantize_config_writes_an_int8_model_and_its_agreement_report(finetuned, tmp_path):
+    import onnx
+    import onnxruntime
+
+    root, overrides, models, _ = finetuned
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text((models / "model.json").read_text())
+    onnx_export("network_def", filepath=str(model_dir / "model.onnx"), ckpt_file=str(models / "model.pt"),
+                meta_file=META, config_file=str(CONFIGS / "inference.json"), bundle_root=overrides["bundle_root"],
+                use_trace=True, input_shape=[1, 1, SIZE, SIZE],
+                converter_kwargs={"dynamo": False, "input_names": ["image"], "output_names": ["pred"]})
+    check_dir = Path(overrides["demo_dir"]) / "planes" / "images"
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "quantize.json"), meta_file=META, logging_file=False,
+                              workflow_type="infer", bundle_root=overrides["bundle_root"], model_dir=str(model_dir),
+                              demo_dir=overrides["demo_dir"], max_check_frames=10)
+    workflow.initialize()
+    workflow.run()
+    int8 = model_dir / "model_int8.onnx"
+    assert {node.op_type for node in onnx.load(str(int8)).graph.node} >= {"DynamicQuantizeLinear", "MatMulInteger"}
+    report = json.loads((model_dir / "model_int8.json").read_text())
+    # the same comparison, by hand: the first 10 check images through both sessions
+    sidecar = read_model_sidecar(model_dir / "model.json")
+    transforms = inference_transforms(sidecar)
+    sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                for p in (model_dir / "model.onnx", int8)]
+    agree, change = [], 0.0
+    for path in sorted(check_dir.glob("*.png"))[:10]:
+        frame = np.asarray(transforms({"image": str(path), "source": path.name, "frame": -1})["image"],
+                           dtype=np.float32)[None]
+        probs = [torch.softmax(torch.from_numpy(s.run(None, {"image": frame})[0]), -1).numpy() for s in sessions]
+        agree.append(probs[0].argmax() == probs[1].argmax())
+        change = max(change, float(np.abs(probs[0] - probs[1]).max()))
+    assert report["frames"] == 10
+    assert report["top1_agreement"] == pytest.approx(np.mean(agree))
+    assert report["max_abs_probability_change"] == pytest.approx(change, abs=1e-6)
+    assert 0 < change < 0.05  # int8 changes the outputs, but only slightly
+
+
 def test_inference_on_a_folder_of_pngs_and_dicoms(finetuned, tmp_path):
     from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset, save
 
