@@ -73,6 +73,11 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     return document
 
 
+# read once at import: os.umask can only be read by setting it, which is not thread-safe later on
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary)`` on a temporary file next to ``path``, then rename it over ``path``.
 
@@ -85,6 +90,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(handle)
     try:
         write(Path(temporary))
+        # mkstemp creates the file owner-only (0600); the result gets the mode open() would give it
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
