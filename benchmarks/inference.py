@@ -76,17 +76,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def best_seconds(run, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``run``, after one untimed warm-up (kernel selection)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
     """Best GFLOP/s of a dense ``size``^3 matmul in ``dtype`` (2 * size^3 FLOPs per product)."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    torch.mm(a, b)  # warm-up (and oneDNN kernel selection)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e9
+    return 2.0 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
 def int8_matmul_peak_gops(threads: int, workdir: Path, size: int = 2048, repeats: int = 5) -> float:
@@ -105,13 +110,7 @@ def int8_matmul_peak_gops(threads: int, workdir: Path, size: int = 2048, repeats
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     session = cpu_session(path, threads=threads)
     activations = {"A": rng.integers(0, 256, (size, size), dtype=np.uint8)}
-    session.run(None, activations)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, activations)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e9
+    return 2.0 * size**3 / best_seconds(lambda: session.run(None, activations), repeats) / 1e9
 
 
 def export_onnx(model: torch.nn.Module, frame: torch.Tensor, workdir: Path) -> tuple[Path, Path]:
