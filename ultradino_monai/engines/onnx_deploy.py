@@ -66,6 +66,14 @@ def _require_onnx_model(path: str | os.PathLike) -> Path:
     return path
 
 
+def _source_and_destination(source: str | os.PathLike, destination: str | os.PathLike) -> tuple[Path, Path]:
+    """A valid ONNX ``source`` and a ``destination`` that is not the same file."""
+    source, destination = _require_onnx_model(source), Path(destination)
+    if destination.resolve() == source.resolve():
+        raise ValueError(f"quantising {source} would overwrite its input: choose another destination")
+    return source, destination
+
+
 def _quiet_quantizer(record: logging.LogRecord) -> bool:
     # onnxruntime's quantiser logs straight to the root logger: one INFO line per tensor it leaves in
     # fp32, and a WARNING suggesting `quant_pre_process` (symbolic shape inference and graph
@@ -94,10 +102,7 @@ def quantize_int8(source: str | os.PathLike, destination: str | os.PathLike) -> 
     at run time (``DynamicQuantizeLinear``). The file is written atomically: on any error
     ``destination`` is left as it was. Returns ``destination``.
     """
-    source = _require_onnx_model(source)
-    destination = Path(destination)
-    if destination.resolve() == source.resolve():
-        raise ValueError(f"quantize_int8 would overwrite its input {source}: choose another destination")
+    source, destination = _source_and_destination(source, destination)
     atomic_write(destination, lambda temporary: _quantize_into(source, temporary))
     logger.info("int8 model written to %s (%.1f MB, fp32 %.1f MB)", destination,
                 destination.stat().st_size / 1e6, source.stat().st_size / 1e6)
@@ -225,10 +230,8 @@ def quantize_and_check(source: str | os.PathLike, destination: str | os.PathLike
     ``destination``; an earlier report is removed first. So a failure anywhere leaves no
     report that vouches for a model it was not measured on.
     """
-    source = _require_onnx_model(source)
-    destination, report_path = Path(destination), Path(report_path)
-    if destination.resolve() == source.resolve():
-        raise ValueError(f"quantize_and_check would overwrite its input {source}: choose another destination")
+    source, destination = _source_and_destination(source, destination)
+    report_path = Path(report_path)
     report_path.unlink(missing_ok=True)
     report: dict[str, Any] = {
         "fp32_model": str(source), "int8_model": str(destination),
