@@ -1,4 +1,4 @@
-"""Tests of the B-mode phantom (data_prep.phantom) against reference/ultrasound_phantom.md."""
+"""Tests of the B-mode phantom (data_prep.phantom) against the facts and sources in docs/phantom.md."""
 
 import math
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from data_prep import phantom as P
+from data_prep.phantom.plane_scenes import BUILDERS
 
 
 # ----------------------------------------------------------------------------- biometry
@@ -14,7 +15,7 @@ from data_prep import phantom as P
 @pytest.mark.parametrize(
     "ga, expected",
     [
-        # reference §2.1 table: mean ± SD in mm (BPD, HC, AC, FL)
+        # INTERGROWTH-21st published table (Papageorghiou 2014): mean ± SD in mm (BPD, HC, AC, FL)
         (20, {"bpd": (48.4, 2.3), "hc": (172.5, 7.4), "ac": (147.7, 7.6), "fl": (31.3, 1.8)}),
         (28, {"bpd": (73.5, 2.9), "hc": (260.4, 8.9), "ac": (233.3, 11.3), "fl": (51.3, 2.1)}),
         (36, {"bpd": (91.2, 3.5), "hc": (319.4, 10.8), "ac": (312.8, 17.0), "fl": (66.4, 2.7)}),
@@ -34,7 +35,7 @@ def test_intergrowth_rejects_out_of_range_age():
 
 
 def test_cardiac_circumference_formula():
-    # -53.11 + 6.56*GA - 0.035*GA^2 (reference §2.2), by hand at 20 weeks
+    # -53.11 + 6.56*GA - 0.035*GA^2 (PubMed 21876089), by hand at 20 weeks
     assert P.cardiac_circumference_mm(20) == pytest.approx(-53.11 + 131.2 - 14.0)
 
 
@@ -89,7 +90,7 @@ def _homogeneous_acquisition(seed=0, tissue=None, extra_layers=()):
 
 
 def test_speckle_first_order_statistics_match_rayleigh():
-    """Reference §1.3 calibration: fully developed speckle has mean/std 1.91 and a 5.57 dB log std."""
+    """Speckle calibration (docs/phantom.md): fully developed speckle has mean/std 1.91 and a 5.57 dB log std."""
     grid, params, acq = _homogeneous_acquisition()
     log_env = P.envelope_db(acq, params)
     band = log_env[int(0.3 * log_env.shape[0]):int(0.7 * log_env.shape[0]), 10:-10]
@@ -110,7 +111,7 @@ def test_tgc_compensates_nominal_attenuation():
 
 
 def test_bone_casts_shadow_and_fluid_enhances():
-    """Per-ray attenuation (§1.4): shadow behind bone, posterior enhancement behind fluid."""
+    """Per-ray attenuation: shadow behind bone, posterior enhancement behind fluid."""
     bone = (P.Capsule(-20.0, 30.0, -5.0, 30.0, 2.5), P.BONE)
     fluid = (P.Ellipse(15.0, 30.0, 8.0, 12.0), P.FLUID)
     grid, params, acq = _homogeneous_acquisition(extra_layers=[bone, fluid])
@@ -132,7 +133,7 @@ def test_bone_casts_shadow_and_fluid_enhances():
 def test_polar_block_sampling_equals_pointwise_sampling():
     for plane in P.ALL_PLANES:
         rng = np.random.default_rng(7)
-        anatomy = P._BUILDERS[plane](rng)
+        anatomy = BUILDERS[plane](rng)
         layout = P.FanLayout.fit(anatomy.probe, (120, 160))
         grid = P.PolarGrid.for_layout(layout, pad=3)
         fast = anatomy.scene.sample_polar(grid.r, grid.theta, anatomy.probe.radius_mm)
@@ -147,7 +148,7 @@ def test_polar_block_sampling_equals_pointwise_sampling():
 @pytest.mark.parametrize("plane", ["abdomen", "intrapartum"])
 @pytest.mark.parametrize("theta_shift", [0.0, 0.02])
 def test_block_label_map_equals_pointwise_labels(plane, theta_shift):
-    anatomy = P._BUILDERS[P.canonical_plane(plane)](np.random.default_rng(8))
+    anatomy = BUILDERS[P.canonical_plane(plane)](np.random.default_rng(8))
     layout = P.FanLayout.fit(anatomy.probe, (120, 160))
     fast = anatomy.scene.label_map(layout, theta_shift)
     rows = np.arange(120, dtype=np.float32)[:, None]
@@ -226,7 +227,7 @@ def test_abdomen_labels_follow_fass_scheme():
         assert values <= set(P.FASS_LABELS.values())
         assert (result.label[~_fan_of(result)] == 0).all()
         counts = np.bincount(result.label.ravel(), minlength=5)
-        assert counts[2] == counts[1:].max()  # the liver fills most of the section (§2.3)
+        assert counts[2] == counts[1:].max()  # the liver fills most of the section (ISUOG)
         seen |= values
     assert seen == {0, 1, 2, 3, 4}
 
