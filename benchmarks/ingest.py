@@ -41,25 +41,13 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.pixels import iter_pixels
 
+from data_prep.dicom_synth import ArchiveConfig, write_archive
 from data_prep.ingest import IngestConfig, run_ingest
 from data_prep.ingest.deid import US_IMAGE_SOP_CLASSES
 
 
 def make_archive(folder: Path, patients: int, seed: int) -> str:
-    """Write a demo-style archive; returns a description of where it came from."""
-    try:
-        from data_prep.dicom_synth import ArchiveConfig, write_archive
-    except ImportError:  # demo generator absent: same characteristics from our own fixtures
-        from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset, save
-
-        for index in range(patients * 6):
-            study = SyntheticStudy(f"B{index // 6}")
-            frames = 12 if index % 6 == 5 else 1
-            dataset, _ = make_us_dataset(study, rows=480, columns=640, frames=frames, instance=index % 6 + 1,
-                                         region=(60, 80, 579, 459), banner_height=70, seed=index,
-                                         photometric="MONOCHROME2" if index % 2 else "RGB")
-            save(dataset, folder / f"P{index // 6:03d}" / f"IMG{index:04d}.dcm")
-        return f"data_prep.ingest.synthetic ({patients} patients; data_prep.dicom_synth not available)"
+    """Write the demo archive generator's export; returns a description of where it came from."""
     write_archive(folder, seed, ArchiveConfig(n_patients=patients))
     return f"data_prep.dicom_synth.write_archive(seed={seed}, n_patients={patients})"
 

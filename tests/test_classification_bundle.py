@@ -249,7 +249,8 @@ def test_quantize_config_writes_an_int8_model_and_its_agreement_report(finetuned
 
 
 def test_inference_on_a_folder_of_pngs_and_dicoms(finetuned, tmp_path):
-    from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset, save
+    from data_prep.dicom_synth import write_dataset
+    from phi_fixtures import SyntheticStudy, make_us_dataset
 
     root, overrides, models, _ = finetuned
     folder = tmp_path / "input"
@@ -259,7 +260,7 @@ def test_inference_on_a_folder_of_pngs_and_dicoms(finetuned, tmp_path):
         (folder / "pngs" / Path(item["image"]).name).write_bytes(Path(item["image"]).read_bytes())
     dataset, _ = make_us_dataset(SyntheticStudy("CLS1"), rows=120, columns=160, frames=3, region=(20, 30, 139, 109),
                                  banner_height=20, photometric="MONOCHROME2")
-    save(dataset, folder / "study" / "US0001.dcm")
+    write_dataset(folder / "study" / "US0001.dcm", dataset)
     (folder / "notes.txt").write_text("not an image")
     out_csv = tmp_path / "out" / "predictions.csv"
     _cli("run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file", META,

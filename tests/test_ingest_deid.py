@@ -15,7 +15,8 @@ from data_prep.ingest.annex_e import TABLE_E1_1, blocklist_violations
 from data_prep.ingest.config import IngestConfig
 from data_prep.ingest.deid import PERMITTED_REPLACEMENTS, HeaderDeidentifier, add_markers, classify_sop_class, parse_date
 from data_prep.ingest.keys import Pseudonymizer, SecretKeyError, load_secret_key
-from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset
+
+from phi_fixtures import SyntheticStudy, make_us_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on the broken dates we feed it
 KEY = b"unit-test-key-0123456789abcdef"

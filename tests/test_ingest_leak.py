@@ -28,10 +28,12 @@ from pydicom.data import get_charset_files, get_testdata_file, get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from data_prep.dicom_synth import write_dataset
 from data_prep.ingest import Pseudonymizer
 from data_prep.ingest.annex_e import blocklist_violations
 from data_prep.ingest.deid import PERMITTED_REPLACEMENTS, parse_date
-from data_prep.ingest.synthetic import PlantedPhi, SyntheticStudy, make_us_dataset, save
+
+from phi_fixtures import PlantedPhi, SyntheticStudy, make_us_dataset
 
 KEY = b"leak-scan-test-key-0123456789abcdef"
 US_EXAMPLES = ["examples_palette.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_jpeg2k.dcm", "ExplVR_BigEnd.dcm"]
@@ -278,7 +280,7 @@ def _synthetic_inputs(root: Path, needles: Needles) -> dict[str, str]:
     study_b = SyntheticStudy("QB", uid_index=12, study_date="20220302", lmp="20211020")
     cine, planted = make_us_dataset(study_a, frames=4, doppler=True, rows=200, columns=256, region=(30, 40, 225, 189))
     needles.add_planted(planted)
-    save(cine, root / PHI_FOLDER / PHI_FILE)
+    write_dataset(root / PHI_FOLDER / PHI_FILE, cine)
     still, planted = make_us_dataset(study_a, instance=2, photometric="MONOCHROME2", rows=200, columns=256, region=(30, 40, 225, 189))
     # A derived image that references the cine: references must use the same UID map.
     reference = Dataset()
@@ -286,11 +288,11 @@ def _synthetic_inputs(root: Path, needles: Needles) -> dict[str, str]:
     reference.ReferencedSOPInstanceUID = cine.SOPInstanceUID
     still.SourceImageSequence = Sequence([reference])
     needles.add_planted(planted)
-    save(still, root / PHI_FOLDER / "no_extension_ZZDOE")
+    write_dataset(root / PHI_FOLDER / "no_extension_ZZDOE", still)
     other, planted = make_us_dataset(study_b, rows=180, columns=240, region=(20, 36, 219, 171))
     needles.add_planted(planted)
     member = root / "tmp_member.dcm"
-    save(other, member)
+    write_dataset(member, other)
     with zipfile.ZipFile(root / "export_ZZROE_QB.zip", "w") as archive:
         archive.write(member, f"ZZROE^QB_{study_b.patient_id}/IMG0001")
         archive.writestr("../../escape_ZZROE.dcm", member.read_bytes())

@@ -8,9 +8,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from data_prep.dicom_synth import write_dataset
 from data_prep.ingest import BannerPolicy, IngestConfig, run_ingest
 from data_prep.ingest.ocr import PhiTextDetector, header_tokens
-from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset, save
+
+from phi_fixtures import SyntheticStudy, make_us_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 KEY = b"ocr-test-key-0123456789abcdef"
@@ -63,7 +65,7 @@ def test_ocr_check_quarantines_burned_in_text_and_verifies_masks(tmp_path):
     clean, _ = make_us_dataset(SyntheticStudy("OB"), region=(0, 44, 199, 119), **common)
     masked, _ = make_us_dataset(SyntheticStudy("OC"), region=None, **common)
     for name, dataset in (("a.dcm", leaky), ("b.dcm", clean), ("c.dcm", masked)):
-        save(dataset, source / name)
+        write_dataset(source / name, dataset)
     config = IngestConfig(ocr_check=True, keep_dicom=True, banner_policy=BannerPolicy.parse("mask-top-44"))
     report = run_ingest(source, output, KEY, config, workers=0, progress=False)
     assert report["files"] == {"found": 3, "converted": 2, "quarantined": 1, "skipped": 0}

@@ -23,10 +23,12 @@ from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
+from data_prep.dicom_synth import write_dataset
 from data_prep.ingest import IngestConfig, Pseudonymizer, run_ingest
 from data_prep.ingest.discovery import InputItem
 from data_prep.ingest.process import WorkContext, process_item
-from data_prep.ingest.synthetic import SyntheticStudy, make_us_dataset, save
+
+from phi_fixtures import SyntheticStudy, make_us_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 KEY = b"pipeline-test-key-0123456789abcdef"
@@ -96,7 +98,7 @@ def test_cli_errors_are_clear_and_non_zero(tmp_path, key_file, capsys):
 
 def test_other_key_on_same_output_is_refused(tmp_path):
     source = tmp_path / "in"
-    save(small_us("K1")[0], source / "a.dcm")
+    write_dataset(source / "a.dcm", small_us("K1")[0])
     run_ingest(source, tmp_path / "out", KEY, progress=False)
     with pytest.raises(Exception, match="different secret key"):
         run_ingest(source, tmp_path / "out", KEY + b"2", progress=False)
@@ -109,11 +111,11 @@ def test_duplicates_stride_dedup_and_input_untouched(tmp_path):
     frames = cine.pixel_array.copy()
     frames[3] = frames[2]  # a frozen frame
     cine.set_pixel_data(frames, "RGB", 8, generate_instance_uid=False)
-    save(cine, source / "cine.dcm")
-    save(cine, source / "copy" / "cine_again.dcm")  # identical duplicate
+    write_dataset(source / "cine.dcm", cine)
+    write_dataset(source / "copy" / "cine_again.dcm", cine)  # identical duplicate
     clash, _ = small_us("C2", seed=99)  # same SOP instance UID as clash_b, other pixels
-    save(clash, source / "clash_a.dcm")
-    save(small_us("C2", seed=5)[0], source / "clash_b.dcm")
+    write_dataset(source / "clash_a.dcm", clash)
+    write_dataset(source / "clash_b.dcm", small_us("C2", seed=5)[0])
     (source / "notes.txt").write_text("not dicom")
     before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
 
@@ -138,7 +140,7 @@ def test_duplicates_stride_dedup_and_input_untouched(tmp_path):
 def test_rerun_skips_finished_work(tmp_path):
     source, output = tmp_path / "in", tmp_path / "out"
     for index in range(3):
-        save(small_us(f"R{index}")[0], source / f"{index}.dcm")
+        write_dataset(source / f"{index}.dcm", small_us(f"R{index}")[0])
     run_ingest(source, output, KEY, workers=0, progress=False)
     records = sorted((output / ".ingest_state" / "records").glob("*.json"))
     stamps = [r.stat().st_mtime_ns for r in records]
@@ -324,7 +326,8 @@ _FUZZ_BASE = _fuzz_base()
 def test_output_is_identical_for_any_worker_count_and_keys_disjoint(tmp_path):
     source = tmp_path / "in"
     for index in range(4):
-        save(small_us(f"W{index}", frames=2 + index % 2, doppler=index % 2 == 0)[0], source / f"s{index}" / "img.dcm")
+        dataset = small_us(f"W{index}", frames=2 + index % 2, doppler=index % 2 == 0)[0]
+        write_dataset(source / f"s{index}" / "img.dcm", dataset)
     config = IngestConfig(keep_dicom=True)
     run_ingest(source, tmp_path / "w0", KEY, config, workers=0, progress=False)
     run_ingest(source, tmp_path / "w2", KEY, config, workers=2, progress=False)
@@ -362,7 +365,7 @@ def test_kill_minus_9_and_resume_gives_identical_outputs(tmp_path, key_file):
     items = 10
     for index in range(items):
         dataset, _ = small_us(f"KR{index}", frames=4, rows=240, columns=320, doppler=True)
-        save(dataset, source / f"p{index}" / "cine.dcm")
+        write_dataset(source / f"p{index}" / "cine.dcm", dataset)
     reference = tmp_path / "reference"
     assert cli(str(source), str(reference), "--secret-file", str(key_file), "--keep-dicom", "--png-compress-level", "9", "--no-progress").returncode == 0
 
@@ -393,8 +396,8 @@ def test_burned_in_annotation_is_never_trusted(tmp_path):
     missing, _ = small_us("B1")
     said_no, _ = small_us("B2")
     said_no.BurnedInAnnotation = "NO"
-    save(missing, source / "a.dcm")
-    save(said_no, source / "b.dcm")
+    write_dataset(source / "a.dcm", missing)
+    write_dataset(source / "b.dcm", said_no)
     run_ingest(source, output, KEY, workers=0, progress=False)
     rows = list(csv.DictReader((output / "manifest.csv").open()))
     assert [r["burned_in_source"] for r in rows] == ["YES", "NO"]

@@ -1,11 +1,11 @@
-"""Synthetic ultrasound DICOMs loaded with planted PHI, for tests and benchmarks.
+"""Test fixture (not shipped): ultrasound DICOMs with PHI planted in every place a de-identifier must clean.
 
-Reference ``dicom_deidentification.md`` §5.7: build fixtures with pydicom that
-cover what real test data lacks: PHI in *every* PS3.15 Table E.1-1 attribute,
-in nested sequences, in private tags (an XML blob that repeats the UID and a
-date, a Kretz-like (7FE1) block), in an IconImageSequence, in overlays and
-curves, and a burned-in banner above the tissue region.  :class:`PlantedPhi`
-lists every planted string, UID and date so a leak scan can look for them.
+Tests only. The project's synthetic-DICOM generator is :mod:`data_prep.dicom_synth` (the demo archive); this
+fixture takes its region item from there (tests write the files with its ``write_dataset``) and adds what a
+realistic export lacks: PHI in *every* DICOM PS3.15 Table E.1-1 attribute, in nested sequences, in private
+tags (an XML blob that repeats the UID and a date, a Kretz-like (7FE1) block), in an IconImageSequence, in
+overlay and curve groups, in the file meta, and a burned-in banner above the tissue region.
+:class:`PlantedPhi` lists every planted string, UID and date so a leak scan can look for them.
 
 All values are fabricated; nothing here is real patient data.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -24,9 +23,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
-from .annex_e import TABLE_E1_1
+from data_prep.dicom_synth import region_item
+from data_prep.ingest.annex_e import TABLE_E1_1
 
-__all__ = ["PlantedPhi", "SyntheticStudy", "make_us_dataset", "fan_frames", "draw_banner", "save"]
+__all__ = ["PlantedPhi", "SyntheticStudy", "make_us_dataset", "fan_frames", "draw_banner"]
 
 _UID_ROOT = "1.2.826.0.1.3680043.10.999"
 
@@ -99,24 +99,6 @@ def draw_banner(frame: np.ndarray, lines: list[str], height: int) -> None:
     for index, line in enumerate(lines):
         draw.text((6, 2 + index * step), line, fill=(255, 255, 255), font=font)
     frame[:height] = np.asarray(image)
-
-
-def _region(x0: int, y0: int, x1: int, y1: int, delta_cm: float, data_type: int = 1) -> Dataset:
-    item = Dataset()
-    item.RegionSpatialFormat = 1
-    item.RegionDataType = data_type
-    item.RegionFlags = 0
-    item.RegionLocationMinX0 = x0
-    item.RegionLocationMinY0 = y0
-    item.RegionLocationMaxX1 = x1
-    item.RegionLocationMaxY1 = y1
-    item.PhysicalUnitsXDirection = 3
-    item.PhysicalUnitsYDirection = 3
-    item.PhysicalDeltaX = delta_cm
-    item.PhysicalDeltaY = delta_cm
-    item.ReferencePixelX0 = (x1 - x0) // 2
-    item.ReferencePixelY0 = 0
-    return item
 
 
 def _plant_table(dataset: Dataset, study: SyntheticStudy, planted: PlantedPhi) -> None:
@@ -218,7 +200,10 @@ def make_us_dataset(
     planted = PlantedPhi()
     pixels = fan_frames(rows, columns, frames, seed=seed + 1000 * instance, doppler=doppler)
     if banner_height:
-        banner = [f"{study.patient_name.replace('^', ' ')}  ID {study.patient_id}", f"{study.study_date[6:]}/{study.study_date[4:6]}/{study.study_date[:4]}"]
+        banner = [
+            f"{study.patient_name.replace('^', ' ')}  ID {study.patient_id}",
+            f"{study.study_date[6:]}/{study.study_date[4:6]}/{study.study_date[:4]}",
+        ]
         for frame in pixels:
             draw_banner(frame, banner, banner_height)
 
@@ -231,7 +216,12 @@ def make_us_dataset(
     dataset.StudyInstanceUID = study.uid(1)
     dataset.SeriesInstanceUID = study.uid(2, series)
     dataset.FrameOfReferenceUID = study.uid(4, series)
-    planted.uids |= {dataset.SOPInstanceUID, dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.FrameOfReferenceUID}
+    planted.uids |= {
+        dataset.SOPInstanceUID,
+        dataset.StudyInstanceUID,
+        dataset.SeriesInstanceUID,
+        dataset.FrameOfReferenceUID,
+    }
     dataset.Modality = "US"
     dataset.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL"]
     dataset.Manufacturer = "Synthetic Medical"
@@ -256,7 +246,8 @@ def make_us_dataset(
         dataset.FrameTime = 33.3
         dataset.CineRate = 30
     if region is not None:
-        dataset.SequenceOfUltrasoundRegions = Sequence([_region(*region, delta_cm=delta_cm)])
+        x0, y0, x1, y1 = region
+        dataset.SequenceOfUltrasoundRegions = Sequence([region_item(region, delta_cm, ((x1 - x0) // 2, 0))])
     if doppler:
         dataset.UltrasoundColorDataPresent = 1
 
@@ -285,10 +276,17 @@ def make_us_dataset(
         dataset.add_new(0x60000022, "LO", f"OVERLAYPHI{study.tag}")
         dataset.add_new(0x60003000, "OW", f"OVLDATA{study.tag}".encode().ljust(8, b"\x00"))
         dataset.add_new(0x50002500, "LO", f"CURVEPHI{study.tag}")
-        planted.strings |= {f"ICONPHI{study.tag}", f"OVERLAYPHI{study.tag}", f"OVLDATA{study.tag}", f"CURVEPHI{study.tag}"}
+        planted.strings |= {
+            f"ICONPHI{study.tag}",
+            f"OVERLAYPHI{study.tag}",
+            f"OVLDATA{study.tag}",
+            f"CURVEPHI{study.tag}",
+        }
 
     if photometric == "MONOCHROME2":
-        dataset.set_pixel_data(pixels[..., 0] if frames > 1 else pixels[0, ..., 0], "MONOCHROME2", 8, generate_instance_uid=False)
+        dataset.set_pixel_data(
+            pixels[..., 0] if frames > 1 else pixels[0, ..., 0], "MONOCHROME2", 8, generate_instance_uid=False
+        )
     else:
         dataset.set_pixel_data(pixels if frames > 1 else pixels[0], "RGB", 8, generate_instance_uid=False)
     # BurnedInAnnotation deliberately absent: for ultrasound that must mean YES.
@@ -300,13 +298,3 @@ def make_us_dataset(
     planted.strings.add(meta.SourceApplicationEntityTitle)
     dataset.file_meta = meta
     return dataset, planted
-
-
-def save(dataset: Dataset, path: str | Path) -> Path:
-    """Write a dataset produced here as a DICOM file (creating folders)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
