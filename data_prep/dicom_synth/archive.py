@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -70,15 +71,32 @@ class ArchiveConfig:
     worksheets: int = 2
 
 
-def _relative_path(patient: FakePatient, study: FakeStudy, series_number: int, instance: int, style: str) -> str:
-    if style == "dicomdir":  # 8-character components, no extension, as on a DICOMDIR media export
-        return f"DICOM/PA{patient.index:06d}/ST{study.index:06d}/SE{series_number:06d}/IM{instance:06d}"
-    if style == "named":  # folder names with the patient's name and ID (a leak to watch for)
-        return (
-            f"Export_{dicom_date(study.exam_date)}/{patient.family.upper()}_{patient.given.upper()}_{patient.patient_id}/"
-            f"{dicom_date(study.exam_date)}_OB/US{series_number:02d}{instance:03d}.dcm"
-        )
-    return f"usb_export/{study.accession}/IMG{series_number:02d}{instance:03d}.DCM"
+@dataclass(frozen=True)
+class _Slot:
+    """Where one DICOM object goes: its patient, study, series and instance, and the export's folder style."""
+
+    patient: FakePatient
+    study: FakeStudy
+    series_uid: str
+    series_number: int
+    instance: int
+    sop_uid: str
+    path_style: str  # "dicomdir", "named" or "usb"
+
+    def relative_path(self) -> str:
+        patient, study, series, instance = self.patient, self.study, self.series_number, self.instance
+        if self.path_style == "dicomdir":  # 8-character components, no extension, as on a DICOMDIR media export
+            return f"DICOM/PA{patient.index:06d}/ST{study.index:06d}/SE{series:06d}/IM{instance:06d}"
+        if self.path_style == "named":  # folder names with the patient's name and ID (a leak to watch for)
+            exam = dicom_date(study.exam_date)
+            folder = f"{patient.family.upper()}_{patient.given.upper()}_{patient.patient_id}"
+            return f"Export_{exam}/{folder}/{exam}_OB/US{series:02d}{instance:03d}.dcm"
+        return f"usb_export/{study.accession}/IMG{series:02d}{instance:03d}.DCM"
+
+    def build_dataset(self, frames, photometric, sop_class, region, frame_time_ms, **options) -> Dataset:
+        """:func:`build_dataset` for this slot's patient, study, series and instance."""
+        identity = (self.sop_uid, self.series_uid, self.series_number, self.instance, self.patient, self.study)
+        return build_dataset(frames, photometric, sop_class, *identity, region, frame_time_ms, **options)
 
 
 def write_archive(
@@ -161,24 +179,8 @@ def write_archive(
                 registry.add("uids", series_uid)
                 sop_uid = archive_uid(seed, "sop", patient.index, study.index, series_number, instance)
                 registry.add("uids", sop_uid)
-                record = _write_object(
-                    out_dir,
-                    base,
-                    rng,
-                    kind,
-                    n_frames,
-                    next_plane,
-                    next_format,
-                    patient,
-                    study,
-                    style,
-                    series_uid,
-                    series_number,
-                    instance,
-                    sop_uid,
-                    config,
-                    path_style,
-                )
+                slot = _Slot(patient, study, series_uid, series_number, instance, sop_uid, path_style)
+                record = _write_object(out_dir, base, rng, config, slot, kind, n_frames, style, next_plane, next_format)
                 # folder names that carry identifiers (patient-named exports, accession folders)
                 for part in Path(record["path"]).parent.parts:
                     if any(token in part for token in (patient.patient_id, study.accession, patient.family.upper())):
@@ -228,28 +230,23 @@ def _patient_record(patient: FakePatient) -> dict:
 
 
 def _write_object(
-    out_dir,
-    base,
-    rng,
-    kind,
-    n_frames,
-    next_plane,
-    next_format,
-    patient,
-    study,
-    style,
-    series_uid,
-    series_number,
-    instance,
-    sop_uid,
-    config,
-    path_style,
+    out_dir: Path,
+    base: Path,
+    rng: np.random.Generator,
+    config: ArchiveConfig,
+    slot: _Slot,
+    kind: str,
+    n_frames: int,
+    style: OverlayStyle,
+    next_plane: Callable[[int], str],
+    next_format: Callable[[], str],
 ) -> dict:
+    """Render and write one still, cine or worksheet at ``slot``; returns its ``files`` record."""
     shape = tuple(config.frame_shape)
-    rel = _relative_path(patient, study, series_number, instance, path_style)
-    path = out_dir / rel
+    path = out_dir / slot.relative_path()
     if kind == "worksheet":
-        return _write_worksheet(path, base, patient, study, shape, series_uid, series_number, instance, sop_uid)
+        return _write_worksheet(path, base, slot, shape)
+    patient, study = slot.patient, slot.study
     plane = next_plane(n_frames)
     photometric = next_format()
     planes = render_sequence(
@@ -266,21 +263,11 @@ def _write_object(
     sop_class = UltrasoundImageStorage if kind == "still" else UltrasoundMultiFrameImageStorage
     frame_time = float(rng.choice([33.3, 40.0, 50.0])) if kind == "cine" else None
     # BurnedInAnnotation is unreliable in real exports: YES, absent, or a wrong NO
-    burned_flag = (True, None, False)[(patient.index + instance) % 3]
-    ds = build_dataset(
-        frames,
-        photometric,
-        sop_class,
-        sop_uid,
-        series_uid,
-        series_number,
-        instance,
-        patient,
-        study,
-        ultrasound_region(planes[0]),
-        frame_time,
-        jpeg_quality=int(rng.integers(85, 96)),
-        burned_in=burned_flag,
+    burned_flag = (True, None, False)[(patient.index + slot.instance) % 3]
+    region = ultrasound_region(planes[0])
+    quality = int(rng.integers(85, 96))
+    ds = slot.build_dataset(
+        frames, photometric, sop_class, region, frame_time, jpeg_quality=quality, burned_in=burned_flag
     )
     write_dataset(path, ds)
     return {
@@ -294,8 +281,8 @@ def _write_object(
         "planes": [plane] * n_frames,
         "patient_id": patient.patient_id,
         "study_instance_uid": study.uid,
-        "series_instance_uid": series_uid,
-        "sop_instance_uid": sop_uid,
+        "series_instance_uid": slot.series_uid,
+        "sop_instance_uid": slot.sop_uid,
         "banner_height": style.banner_height,
         "fan_bbox": planes[0].info["fan_bbox"],
         "mm_per_px": planes[0].info["mm_per_px"],
@@ -305,8 +292,9 @@ def _write_object(
     }
 
 
-def _write_worksheet(path, base, patient, study, shape, series_uid, series_number, instance, sop_uid) -> dict:
+def _write_worksheet(path: Path, base: Path, slot: _Slot, shape: tuple[int, int]) -> dict:
     """A Secondary Capture OB worksheet full of demographics: ingestion must drop it."""
+    patient, study = slot.patient, slot.study
     page = np.full(shape, 235, np.uint8)
     lines = [
         "OB WORKSHEET",
@@ -318,20 +306,7 @@ def _write_worksheet(path, base, patient, study, shape, series_uid, series_numbe
     ]
     for k, text in enumerate(lines):
         draw_text(page, 20 + k * 30, 20, text, 2, (20, 20, 20))
-    ds = build_dataset(
-        page[None],
-        "MONOCHROME2",
-        SecondaryCaptureImageStorage,
-        sop_uid,
-        series_uid,
-        series_number,
-        instance,
-        patient,
-        study,
-        None,
-        None,
-        burned_in=True,
-    )
+    ds = slot.build_dataset(page[None], "MONOCHROME2", SecondaryCaptureImageStorage, None, None, burned_in=True)
     ds.ConversionType = "WSD"
     write_dataset(path, ds)
     return {
@@ -345,8 +320,8 @@ def _write_worksheet(path, base, patient, study, shape, series_uid, series_numbe
         "planes": [],
         "patient_id": patient.patient_id,
         "study_instance_uid": study.uid,
-        "series_instance_uid": series_uid,
-        "sop_instance_uid": sop_uid,
+        "series_instance_uid": slot.series_uid,
+        "sop_instance_uid": slot.sop_uid,
         "banner_height": 0,
         "fan_bbox": None,
         "mm_per_px": None,

@@ -135,16 +135,25 @@ def _spine_axial(pose: Pose, scene: Scene, rng, r: float, v_body: float, label_a
     scene.add(pose.ellipse(ax, av, aorta_r, aorta_r), BLOOD, label_aorta)
 
 
-def _build_abdomen(rng, with_labels: bool = True) -> Anatomy:
-    ga = sample_ga(rng)
-    bio = sample_biometry(rng, ga)
-    r = bio["ac"] / (2 * math.pi)
+def _trunk_section(rng, r: float) -> tuple[ProbeGeometry, Scene, float, Pose]:
+    """Probe, maternal wall and a freely rotated pose for an axial section of the fetal trunk, radius ``r`` mm.
+
+    Returns (probe, scene with the wall and other fetal parts painted, amniotic cavity depth in mm, pose).
+    """
     probe = ProbeGeometry.sample_convex(rng, depth_for(rng, 2 * r))
     scene = Scene(MYOMETRIUM)
     cavity = maternal_wall(rng, probe, scene)
     cx, cz = place(rng, probe, cavity, r)
     pose = Pose(cx, cz, float(rng.uniform(0, 2 * math.pi)), bool(rng.random() < 0.5))
     fetal_parts(rng, scene, probe, int(rng.integers(0, 3)), (cx, cz, r), cavity)
+    return probe, scene, cavity, pose
+
+
+def _build_abdomen(rng, with_labels: bool = True) -> Anatomy:
+    ga = sample_ga(rng)
+    bio = sample_biometry(rng, ga)
+    r = bio["ac"] / (2 * math.pi)
+    probe, scene, cavity, pose = _trunk_section(rng, r)
     ell = float(rng.uniform(0.0, 0.08))
     a, b = r * (1 + ell), r * (1 - ell)
     L = FASS_LABELS if with_labels else {k: None for k in FASS_LABELS}
@@ -222,12 +231,7 @@ def _build_thorax(rng) -> Anatomy:
     ga = sample_ga(rng)
     bio = sample_biometry(rng, ga)
     r = 0.89 * bio["ac"] / (2 * math.pi)  # thoracic circumference / AC = 0.89 (Chitkara, AJOG 1987)
-    probe = ProbeGeometry.sample_convex(rng, depth_for(rng, 2 * r))
-    scene = Scene(MYOMETRIUM)
-    cavity = maternal_wall(rng, probe, scene)
-    cx, cz = place(rng, probe, cavity, r)
-    pose = Pose(cx, cz, float(rng.uniform(0, 2 * math.pi)), bool(rng.random() < 0.5))
-    fetal_parts(rng, scene, probe, int(rng.integers(0, 3)), (cx, cz, r), cavity)
+    probe, scene, cavity, pose = _trunk_section(rng, r)
     scene.add(pose.ellipse(0, 0, r + 2.0, r + 2.0), jitter(MUSCLE, rng))
     scene.add(pose.ring(0, 0, r + 2.0, r + 2.0, 0.9), jitter(SKIN, rng, 3))
     scene.add(pose.ellipse(0, 0, r, r), jitter(LUNG, rng))
