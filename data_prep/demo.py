@@ -39,6 +39,7 @@ from PIL import Image
 from data_prep.dicom_synth import ArchiveConfig, write_archive
 from data_prep.phantom import FASS_LABELS, INTRAPARTUM, JNU_LABELS, PLANE_CLASSES, render_plane, render_sequence
 from ultradino_monai.data.datalist import atomic_write, read_datalist, write_datalist, write_json_atomic
+from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -439,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preview", metavar="PNG", help="also write a contact sheet of the generated data")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     started = time.perf_counter()

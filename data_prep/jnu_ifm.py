@@ -78,6 +78,7 @@ from data_prep.convert_common import (
     write_text_atomic,
 )
 from ultradino_monai.data.datalist import DatalistError, write_datalist, write_json_atomic
+from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -448,8 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "not patient-grouped)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         report = convert_jnu_ifm(
             args.raw,

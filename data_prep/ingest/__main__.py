@@ -15,6 +15,7 @@ import time
 from .config import BannerPolicy, ConfigError, IngestConfig
 from .keys import SecretKeyError, load_secret_key
 from .pipeline import IngestError, run_ingest
+from ultradino_monai.utils.logs import setup_logging
 
 
 def _positive_int(text: str) -> int:
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
     try:
         key = load_secret_key(args.secret_file)
         config = IngestConfig(

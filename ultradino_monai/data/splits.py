@@ -88,6 +88,7 @@ from pathlib import Path
 from typing import Any
 
 from ultradino_monai.data.datalist import PATH_KEYS, DatalistError, read_datalist, write_json_atomic
+from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -625,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wording; breaks patient grouping of train/val)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if args.protocol == "fass":
             paths = fass_splits(args.datalist, args.out_dir, args.seed)

@@ -60,6 +60,7 @@ from typing import Any
 
 from ultradino_monai.data.datalist import write_json_atomic
 from ultradino_monai.evaluation.aggregate import DEFAULT_GROUP_BY, aggregate, load_results, write_aggregate_csv
+from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    setup_logging()
     try:
         overrides = dict(parse_override(text) for text in args.override)
         keys = {}

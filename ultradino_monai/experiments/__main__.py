@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
 from ultradino_monai.experiments.spec import SpecError, load_spec
+from ultradino_monai.utils.logs import setup_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -112,7 +112,7 @@ def _status(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         return {"run": _run, "report": _report, "status": _status}[args.command](args)
     except (SpecError, FileNotFoundError) as error:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ultradino_monai.data.datalist import write_json_atomic
 from ultradino_monai.evaluation.repeat import RepeatRun, execute_run
+from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m ultradino_monai.experiments.cell JOB.json", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     job = json.loads(Path(argv[0]).read_text())
     if job.get("watch_parent", True):
         threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
