@@ -12,6 +12,16 @@ header from an allowlist (:mod:`data_prep.ingest.deid`).  The table is the
 independent second line of defence: :func:`blocklist_violations` checks a
 finished header against it, so a mistake in the allowlist shows up as a
 quarantined file and a failing test instead of a leak.
+
+The 617 single-tag rows and their action codes are identical to the 2024b
+table of KitwareMedical's ``dicom-anonymizer`` (PyPI ``dicom-anonymizer``,
+module ``dicomanonymizer.dicom_anonymization_databases.dicomfields_2024b``);
+``tests/test_annex_e.py`` checks that, tag set by tag set per action, with the
+package installed as a test dependency.  The one difference is in scope: the
+package lists the repeating groups as three masks (50xx,xxxx curve data;
+60xx,3000 overlay data; 60xx,4000 overlay comments), while
+:func:`is_overlay_or_curve` here rejects every element of the even 50xx / 60xx
+groups, which covers those masks.
 """
 
 from __future__ import annotations
