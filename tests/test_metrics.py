@@ -9,7 +9,6 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.handlers import from_engine
-from sklearn.metrics import f1_score
 
 from ultradino_monai.evaluation.metrics import (
     PooledDice,
@@ -187,16 +186,70 @@ def test_classification_hand_computed():
     assert macro_f1(scores, torch.tensor(target), 4) == pytest.approx(0.325)
 
 
+def _f1_by_definition(pred, target, num_classes, zero_division):
+    """Per-class 2TP / (2TP + FP + FN) counted element by element, independent of the module."""
+    scores = []
+    for c in range(num_classes):
+        tp = sum(1 for p, t in zip(pred, target) if p == c and t == c)
+        fp = sum(1 for p, t in zip(pred, target) if p == c and t != c)
+        fn = sum(1 for p, t in zip(pred, target) if p != c and t == c)
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else zero_division)
+    return scores
+
+
 @pytest.mark.parametrize("zero_division", [0.0, 1.0])
-def test_macro_f1_matches_sklearn(zero_division):
+def test_f1_and_confusion_match_their_definitions_on_random_labels(zero_division):
     rng = np.random.default_rng(1)
     for _ in range(20):
         target = rng.integers(0, 5, size=30)
-        pred = rng.integers(0, 4, size=30)  # class 4 never predicted
-        expected = f1_score(target, pred, labels=list(range(6)), average="macro", zero_division=zero_division)
-        assert macro_f1(pred, target, 6, zero_division=zero_division) == pytest.approx(expected)
-        expected_per_class = f1_score(target, pred, labels=list(range(6)), average=None, zero_division=zero_division)
-        assert per_class_f1(pred, target, 6, zero_division).tolist() == pytest.approx(expected_per_class.tolist())
+        pred = rng.integers(0, 4, size=30)  # class 4 never predicted, class 5 absent everywhere
+        expected = _f1_by_definition(pred.tolist(), target.tolist(), 6, zero_division)
+        assert expected[5] == zero_division
+        assert per_class_f1(pred, target, 6, zero_division).tolist() == pytest.approx(expected)
+        assert macro_f1(pred, target, 6, zero_division=zero_division) == pytest.approx(sum(expected) / 6)
+        counts = [[sum(1 for p, t in zip(pred, target) if t == i and p == j) for j in range(6)] for i in range(6)]
+        assert confusion_matrix(pred, target, 6).tolist() == counts
+        assert accuracy(pred, target, 6) == pytest.approx(float(np.mean(pred == target)))
+
+
+def test_f1_zero_true_positives_is_zero_even_with_zero_division_one():
+    # Every prediction wrong: classes 0 and 1 have TP = 0 but FP = FN = 1, so F1 = 0 whatever
+    # zero_division says; only class 2 (never seen, never predicted) takes zero_division.
+    # scikit-learn 1.3 returned 1 for classes 0 and 1 here (its issue #26965), hence the >=1.4 pin.
+    pred, target = [1, 0], [0, 1]
+    assert per_class_f1(pred, target, 3, zero_division=1.0).tolist() == [0.0, 0.0, 1.0]
+    assert macro_f1(pred, target, 3, zero_division=1.0) == pytest.approx(1 / 3)
+    assert macro_f1(pred, target, 3) == 0.0
+    assert accuracy(pred, target, 3) == 0.0
+
+
+def test_f1_zero_division_nan_leaves_absent_classes_out_of_the_macro_mean():
+    pred, target = [0, 0, 1], [0, 1, 1]
+    # class 0: TP 1, FP 1, FN 0 -> 2/3; class 1: TP 1, FP 0, FN 1 -> 2/3; classes 2, 3: 0/0.
+    scores = per_class_f1(pred, target, 4, zero_division=float("nan"))
+    assert scores[:2].tolist() == pytest.approx([2 / 3, 2 / 3]) and np.isnan(scores[2:]).all()
+    assert macro_f1(pred, target, 4, zero_division=float("nan")) == pytest.approx(2 / 3)
+    assert macro_f1(pred, target, 4) == pytest.approx((2 / 3 + 2 / 3) / 4)
+    with pytest.raises(ValueError, match="zero_division"):
+        macro_f1(pred, target, 4, zero_division=0.5)
+
+
+def test_classification_of_an_empty_set():
+    matrix = confusion_matrix([], [], 3)
+    assert matrix.dtype == np.int64 and matrix.tolist() == [[0] * 3] * 3
+    assert per_class_f1([], [], 3).tolist() == [0.0, 0.0, 0.0]
+    assert per_class_f1(np.zeros((0, 3)), [], 3, zero_division=1.0).tolist() == [1.0, 1.0, 1.0]
+    assert macro_f1([], [], 3) == 0.0 and macro_f1([], [], 3, zero_division=1.0) == 1.0
+    with pytest.raises(ValueError, match="empty"):
+        accuracy([], [], 3)
+
+
+def test_accuracy_infers_the_class_count():
+    assert accuracy([0, 2, 1], [0, 2, 2]) == pytest.approx(2 / 3)
+    scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])  # argmax 1, 0, 1, 0
+    assert accuracy(scores, torch.tensor([1, 1, 1, 0])) == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="0..1"):
+        accuracy(scores, [1, 2, 1, 0])  # two score columns, so label 2 is out of range
 
 
 def test_classification_rejects_out_of_range():

@@ -32,14 +32,18 @@ value) are left out of every count. Prediction values outside 0..C-1 and label
 values other than 0..C-1 / ``ignore_index`` raise ``ValueError``.
 
 Classification: :func:`confusion_matrix`, :func:`per_class_f1`,
-:func:`macro_f1`, :func:`accuracy`. ``macro_f1`` averages over *all*
-``num_classes`` classes and matches ``sklearn.metrics.f1_score(y, p,
-labels=range(num_classes), average="macro", zero_division=0)``: a class with no
-support and no predictions has undefined precision and recall and gets F1 =
-``zero_division`` (0 by default), so it pulls the macro mean down. This differs
-from sklearn's default ``labels=None``, which averages only over classes that
-occur in ``y`` or ``p``; fixing the class set keeps scores of different runs
-comparable.
+:func:`macro_f1`, :func:`accuracy` are thin wrappers over scikit-learn's
+``confusion_matrix``, ``f1_score`` and ``accuracy_score``; the wrappers add input
+checks (indices in 0..C-1, ``[N, C]`` scores argmaxed) and always pass
+``labels=range(num_classes)``. So ``macro_f1`` averages over *all*
+``num_classes`` classes, ``f1_score(y, p, labels=range(num_classes),
+average="macro", zero_division=0)``: a class with no support and no predictions
+has undefined precision and recall and gets F1 = ``zero_division`` (0 by
+default), so it pulls the macro mean down. This differs from sklearn's default
+``labels=None``, which averages only over classes that occur in ``y`` or ``p``;
+fixing the class set keeps scores of different runs comparable. sklearn refuses
+empty input; here an empty set gives an all-zero confusion matrix and
+``zero_division`` F1 (every class has TP + FP + FN = 0), and ``accuracy`` raises.
 """
 
 from __future__ import annotations
@@ -49,13 +53,14 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import ignite.distributed as idist
+import numpy as np
 import torch
 from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
+from sklearn import metrics as skm
 
 logger = logging.getLogger(__name__)
 
@@ -397,50 +402,79 @@ def _labels_1d(value: ArrayLike, num_classes: int, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def _pair_1d(pred: ArrayLike, target: ArrayLike, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    pred_1d = _labels_1d(pred, num_classes, "pred")
+    target_1d = _labels_1d(target, num_classes, "target")
+    if pred_1d.shape != target_1d.shape:
+        raise ValueError(f"pred has {pred_1d.shape[0]} entries, target {target_1d.shape[0]}")
+    return pred_1d, target_1d
+
+
 def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int) -> np.ndarray:
     """``[C, C]`` int64 counts, rows = true class, columns = predicted class (sklearn's layout).
+
+    ``sklearn.metrics.confusion_matrix(target, pred, labels=range(C))``, so classes that never occur
+    still get their row and column. Empty input gives all zeros (sklearn refuses empty arrays).
 
     Args:
         pred: ``[N]`` class indices or ``[N, C]`` scores (argmax taken).
         target: ``[N]`` class indices.
     """
-    pred_1d = _labels_1d(pred, num_classes, "pred")
-    target_1d = _labels_1d(target, num_classes, "target")
-    if pred_1d.shape != target_1d.shape:
-        raise ValueError(f"pred has {pred_1d.shape[0]} entries, target {target_1d.shape[0]}")
-    return np.bincount(target_1d * num_classes + pred_1d, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
+    pred_1d, target_1d = _pair_1d(pred, target, num_classes)
+    if target_1d.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    matrix = skm.confusion_matrix(target_1d, pred_1d, labels=np.arange(num_classes))
+    return matrix.astype(np.int64, copy=False)
 
 
 def per_class_f1(pred: ArrayLike, target: ArrayLike, num_classes: int, zero_division: float = 0.0) -> np.ndarray:
-    """F1 = 2TP / (2TP + FP + FN) per class, ``[C]`` float64.
+    """F1 = 2TP / (2TP + FP + FN) per class, ``[C]`` float64 in [0, 1].
 
-    A class with TP + FP + FN = 0 (no support and never predicted) gets
-    ``zero_division`` (sklearn's convention; 0 by default).
+    ``sklearn.metrics.f1_score(target, pred, labels=range(C), average=None,
+    zero_division=zero_division)``. A class with TP + FP + FN = 0 (no support and never
+    predicted) gets ``zero_division``: 0 (default), 1 or NaN, the values sklearn accepts
+    (others raise ``ValueError``). Empty input gives ``zero_division`` for every class
+    (sklearn refuses empty arrays). Needs scikit-learn >= 1.4: 1.3 gave ``zero_division`` to
+    every class with TP = 0, even when FP + FN > 0 (scikit-learn issue #26965, fixed by #27577).
     """
-    matrix = confusion_matrix(pred, target, num_classes)
-    tp = np.diag(matrix).astype(np.float64)
-    fp = matrix.sum(axis=0) - tp
-    fn = matrix.sum(axis=1) - tp
-    denominator = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, 2 * tp / np.where(denominator > 0, denominator, 1), zero_division)
+    pred_1d, target_1d = _pair_1d(pred, target, num_classes)
+    if target_1d.size == 0:
+        return np.full(num_classes, float(zero_division), dtype=np.float64)
+    scores = skm.f1_score(target_1d, pred_1d, labels=np.arange(num_classes), average=None, zero_division=zero_division)
+    return np.asarray(scores, dtype=np.float64)
 
 
 def macro_f1(pred: ArrayLike, target: ArrayLike, num_classes: int, zero_division: float = 0.0) -> float:
-    """Unweighted mean of :func:`per_class_f1` over all ``num_classes`` classes (module docstring)."""
-    return float(per_class_f1(pred, target, num_classes, zero_division).mean())
+    """Unweighted mean of :func:`per_class_f1` over all ``num_classes`` classes (module docstring).
+
+    ``sklearn.metrics.f1_score(..., labels=range(C), average="macro", zero_division=...)``.
+    With ``zero_division=nan`` the classes with TP + FP + FN = 0 are left out of the mean
+    (sklearn's meaning of NaN); the mean of NaN-free classes is returned.
+    """
+    pred_1d, target_1d = _pair_1d(pred, target, num_classes)
+    if target_1d.size == 0:
+        return float(zero_division)
+    return float(
+        skm.f1_score(target_1d, pred_1d, labels=np.arange(num_classes), average="macro", zero_division=zero_division)
+    )
 
 
 def accuracy(pred: ArrayLike, target: ArrayLike, num_classes: int | None = None) -> float:
-    """Fraction of correct predictions; ``pred`` may be ``[N]`` indices or ``[N, C]`` scores."""
+    """Fraction of correct predictions in [0, 1] (``sklearn.metrics.accuracy_score``).
+
+    ``pred`` may be ``[N]`` indices or ``[N, C]`` scores (argmax taken). Without
+    ``num_classes`` the class count is ``C`` of the scores, else the largest index + 1 (so only
+    negative indices are rejected). Empty input raises ``ValueError``.
+    """
     target_array = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
     pred_array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-    classes = num_classes or (pred_array.shape[1] if pred_array.ndim == 2 else
-                              int(max(pred_array.max(initial=0), target_array.max(initial=0))) + 1)
-    matrix = confusion_matrix(pred_array, target_array, classes)
-    total = matrix.sum()
-    if total == 0:
+    if num_classes:
+        classes = num_classes
+    elif pred_array.ndim == 2:
+        classes = pred_array.shape[1]
+    else:
+        classes = int(max(pred_array.max(initial=0), target_array.max(initial=0))) + 1
+    pred_1d, target_1d = _pair_1d(pred_array, target_array, classes)
+    if target_1d.size == 0:
         raise ValueError("accuracy of an empty set is undefined")
-    return float(np.trace(matrix) / total)
+    return float(skm.accuracy_score(target_1d, pred_1d))
