@@ -89,9 +89,9 @@ def test_layouts_logits_channel_and_onehot_agree():
     onehot_label = torch.nn.functional.one_hot(label, 4).permute(0, 3, 1, 2)
     reference = PooledDice(4)
     reference.update(pred, label)
-    for p, l in [(logits, label), (pred.unsqueeze(1), label.unsqueeze(1)), (logits, onehot_label)]:
+    for p, lab in [(logits, label), (pred.unsqueeze(1), label.unsqueeze(1)), (logits, onehot_label)]:
         dice = PooledDice(4)
-        dice.update(p, l)
+        dice.update(p, lab)
         assert dice.compute()["intersection"] == reference.compute()["intersection"]
         assert dice.compute()["pred_area"] == reference.compute()["pred_area"]
 
@@ -104,8 +104,8 @@ def test_matches_brute_force_on_random_maps():
     dice.update(pred, label)
     result = dice.compute()
     for c in range(3):
-        p, l = pred == c, label == c
-        expected = 2 * (p & l).sum().item() / (p.sum() + l.sum()).item()
+        p, lab = pred == c, label == c
+        expected = 2 * (p & lab).sum().item() / (p.sum() + lab.sum()).item()
         assert result["per_class"][c] == pytest.approx(expected)
 
 

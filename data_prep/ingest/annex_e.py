@@ -26,7 +26,7 @@ groups, which covers those masks.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
