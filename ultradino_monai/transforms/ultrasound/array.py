@@ -1,134 +1,38 @@
-"""THE shared deterministic preprocessing for 2D ultrasound images and label maps.
+"""Array transforms of the ultrasound preprocessing: load, scale by dtype, reduce to grey, antialiased resize.
 
-DESIGN.md contract 2 ("One preprocessing"): the bundles, the linear probe, the
-nnU-Net export and the metric all build their input pipeline from this module,
-so a baseline never sees different pixels than the foundation model.
-
-The chain, per sample (dictionary keys ``image`` / ``label`` by default)::
-
-    LoadUltrasoundImaged     file (.png / any Pillow 2D format / .npy) or array
-                             -> MetaTensor [C, H, W], source dtype kept
-                             (H = image rows, W = image columns: NOT transposed)
-    ScaleIntensityByDtyped   image only: uint8 / 255, uint16 / 65535 -> float32 in [0, 1]
-    ToSingleChanneld         image only: [C, H, W] -> [1, H, W] (grey, R=G=B, BT.601 luminance)
-    CheckSpatialShapesd      image and label map must have the same H x W
-    AntialiasedResized       -> the network grid: bilinear + antialias for images,
-                             nearest-exact for label maps
-    CastToTyped              label map -> int64 (only values present in the file)
-    RepeatChanneld           only when in_chans == 3: grey repeated to 3 channels
-    NormalizeIntensityd      (x - mean) / std with FUS or ImageNet statistics
-
-Intensity scaling is by the *dtype range*, never per-image min-max, because a
-per-image rescale would hand different pixels to the foundation model and to
-nnU-Net (and destroy the absolute brightness that sonographers read).
-
-Numbers taken from the reference brief (``shared/reference/ultradino_and_dinov2_recipe.md``):
-
-* FUS mean/std 0.1842924807 / 0.2187705424 on the [0, 1] scale, computed on the
-  FUS13M training set (§1.3 item 2; UltraDINO ``dinov2/data/transforms.py``).
-* ImageNet mean/std (timm's ``IMAGENET_DEFAULT_*``) for 3-channel natural-image
-  backbones; the grey channel is repeated 3x first (§1.4 "For in_chans=3 the
-  channel is stacked 3x", §1.5 ``GrayToThreeChannels``).
+Each takes and returns one channel-first ``[C, H, W]`` image; the dictionary versions are in
+:mod:`ultradino_monai.transforms.ultrasound.dictionary`. Intensity scaling is by the *dtype
+range*, never per-image min-max, because a per-image rescale would hand different pixels to
+the foundation model and to nnU-Net (and destroy the absolute brightness that sonographers read).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.transforms import (
-    CastToTyped,
-    Compose,
-    MapTransform,
-    NormalizeIntensityd,
-    RepeatChanneld,
-    Resize,
-    Transform,
-)
-from monai.transforms.inverse import InvertibleTransform, TraceableTransform
+from monai.transforms import Resize, Transform
+from monai.transforms.inverse import TraceableTransform
 from monai.transforms.utils import scale_affine
 from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple_rep
 from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FUS_MEAN",
-    "FUS_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "BT601_WEIGHTS",
-    "NORMALIZATIONS",
-    "normalization_stats",
-    "LoadUltrasoundImage",
-    "LoadUltrasoundImaged",
-    "ScaleIntensityByDtype",
-    "ScaleIntensityByDtyped",
-    "ToSingleChannel",
-    "ToSingleChanneld",
-    "AntialiasedResize",
-    "AntialiasedResized",
-    "CheckSpatialShapesd",
-    "normalization_transforms",
-    "ultrasound_preprocessing",
-    "preprocess_image_array",
-]
 
-# §1.3 item 2: FUS13M training-set statistics on the [0, 1] scale (UltraDINO dinov2/data/transforms.py).
-FUS_MEAN = 0.1842924807
-FUS_STD = 0.2187705424
-# timm IMAGENET_DEFAULT_MEAN / STD, used by the natural-image baselines (§1.4, §1.5).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R BT.601 luma weights (the same ones Pillow's convert("L") uses).
 BT601_WEIGHTS = (0.299, 0.587, 0.114)
 
-NORMALIZATIONS = ("fus", "imagenet", "none")
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm")
 _NPY_SUFFIXES = (".npy",)
-
-
-def normalization_stats(name: str, in_chans: int = 1) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std (one value per channel, [0, 1] intensity scale) for a normalisation name.
-
-    Args:
-        name: ``"fus"`` (FUS13M statistics, any channel count: the grey statistic is
-            repeated), ``"imagenet"`` (needs ``in_chans == 3``) or ``"none"``
-            (mean 0, std 1: the identity, pixels stay in [0, 1]).
-        in_chans: number of channels the backbone takes (1 or 3).
-
-    Returns:
-        ``(mean, std)``, two tuples of length ``in_chans``.
-    """
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3 for ultrasound backbones, got {in_chans}")
-    key = str(name).lower()
-    if key == "fus":
-        return (FUS_MEAN,) * in_chans, (FUS_STD,) * in_chans
-    if key == "imagenet":
-        if in_chans != 3:
-            raise ValueError(
-                "normalization='imagenet' is for 3-channel natural-image backbones; "
-                f"got in_chans={in_chans}. Use in_chans=3 (grey is repeated) or normalization='fus'."
-            )
-        return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
-    if key == "none":
-        return (0.0,) * in_chans, (1.0,) * in_chans
-    raise ValueError(f"unknown normalization {name!r}; expected one of {NORMALIZATIONS}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
 
 
 def _channel_first(array: np.ndarray, channel_dim: int | None, source: str) -> np.ndarray:
@@ -304,39 +208,6 @@ class LoadUltrasoundImage(Transform):
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta=meta)
 
 
-class LoadUltrasoundImaged(MapTransform):
-    """Dictionary version of :class:`LoadUltrasoundImage`.
-
-    Args:
-        keys: keys whose values are file paths (or arrays) to load.
-        as_label: one bool per key (or one for all): load that key as a label map.
-        channel_dim: channel axis for ``.npy`` / array inputs (see :class:`LoadUltrasoundImage`).
-        allow_missing_keys: skip keys absent from the dictionary.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        as_label: bool | Sequence[bool] = False,
-        channel_dim: int | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        flags = ensure_tuple_rep(as_label, len(self.keys))
-        self.loaders = {key: LoadUltrasoundImage(as_label=flag, channel_dim=channel_dim) for key, flag in zip(self.keys, flags)}
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.loaders[key](d[key])
-        return d
-
-
-# ----------------------------------------------------------------------------------------------
-# Intensity scaling and channel reduction
-# ----------------------------------------------------------------------------------------------
-
-
 class ScaleIntensityByDtype(Transform):
     """Scale intensities to float32 in [0, 1] by the range of the *dtype*, not of the image.
 
@@ -393,25 +264,6 @@ class ScaleIntensityByDtype(Transform):
         )
 
 
-class ScaleIntensityByDtyped(MapTransform):
-    """Dictionary version of :class:`ScaleIntensityByDtype`."""
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        max_value: float | None = None,
-        clip_float: bool = True,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.scaler = ScaleIntensityByDtype(max_value=max_value, clip_float=clip_float)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.scaler(d[key])
-        return d
-
 
 class ToSingleChannel(Transform):
     """Reduce ``[C, H, W]`` to one grey channel ``[1, H, W]``.
@@ -447,25 +299,6 @@ class ToSingleChannel(Transform):
         if not img.dtype.is_floating_point:
             luma = luma.round_()
         return luma.to(img.dtype)
-
-
-class ToSingleChanneld(MapTransform):
-    """Dictionary version of :class:`ToSingleChannel`."""
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.reducer = ToSingleChannel()
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.reducer(d[key])
-        return d
-
-
-# ----------------------------------------------------------------------------------------------
-# Resize
-# ----------------------------------------------------------------------------------------------
 
 
 class AntialiasedResize(Resize):
@@ -536,177 +369,3 @@ class AntialiasedResize(Resize):
             out = MetaTensor(data)
             return out.copy_meta_from(meta_info)
         return data
-
-
-class AntialiasedResized(MapTransform, InvertibleTransform):
-    """Dictionary version of :class:`AntialiasedResize`; one ``mode`` per key.
-
-    Args:
-        keys: keys to resize.
-        spatial_size: target ``(H, W)``.
-        mode: one mode per key (or one for all), e.g. ``("bilinear", "nearest-exact")``
-            for ``("image", "label")``.
-        antialias: antialias when downsampling in bilinear / bicubic mode.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        spatial_size: Sequence[int] | int,
-        mode: str | Sequence[str] = "bilinear",
-        antialias: bool = True,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mode = ensure_tuple_rep(mode, len(self.keys))
-        self.resizer = AntialiasedResize(spatial_size=spatial_size, antialias=antialias)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key, mode in self.key_iterator(d, self.mode):
-            d[key] = self.resizer(d[key], mode=mode)
-        return d
-
-    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.resizer.inverse(d[key])
-        return d
-
-
-class CheckSpatialShapesd(MapTransform):
-    """Fail loudly when an image and its label map do not have the same ``(H, W)``.
-
-    A silent resize of mismatched pairs would misalign labels; the error names the files.
-    """
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        shapes = {}
-        for key in self.key_iterator(d):
-            shapes[key] = tuple(int(s) for s in d[key].shape[1:])
-        if len(set(shapes.values())) > 1:
-            names = {
-                key: (d[key].meta.get("filename_or_obj", "?") if isinstance(d[key], MetaTensor) else "array")
-                for key in shapes
-            }
-            raise ValueError(f"image / label spatial shapes differ: {shapes} (files: {names})")
-        return d
-
-
-# ----------------------------------------------------------------------------------------------
-# Factories
-# ----------------------------------------------------------------------------------------------
-
-
-def normalization_transforms(image_key: str = "image", normalization: str = "fus", in_chans: int = 1) -> list:
-    """The tail of the chain: grey -> ``in_chans`` channels, then ``(x - mean) / std``.
-
-    Input ``[1, H, W]`` float in [0, 1]; output ``[in_chans, H, W]`` float32 with
-    per-channel ``(x - mean_c) / std_c`` (see :func:`normalization_stats`). With
-    ``normalization="none"`` no normalisation transform is added (pixels stay in [0, 1]).
-    """
-    mean, std = normalization_stats(normalization, in_chans)
-    transforms: list = []
-    if in_chans == 3:
-        transforms.append(RepeatChanneld(keys=image_key, repeats=3))
-    if str(normalization).lower() != "none":
-        transforms.append(
-            NormalizeIntensityd(keys=image_key, subtrahend=list(mean), divisor=list(std), channel_wise=True)
-        )
-    return transforms
-
-
-def ultrasound_preprocessing(
-    image_key: str | None = "image",
-    label_key: str | None = "label",
-    spatial_size: Sequence[int] | int = (224, 224),
-    normalization: str = "fus",
-    in_chans: int = 1,
-    label_is_map: bool = True,
-    *,
-    channel_dim: int | None = None,
-    max_value: float | None = None,
-    label_dtype: torch.dtype = torch.int64,
-    allow_missing_label: bool = False,
-) -> Compose:
-    """Build THE deterministic preprocessing chain (DESIGN.md contract 2).
-
-    Input: a dictionary whose ``image_key`` / ``label_key`` values are paths (``.png`` or
-    ``.npy``) or arrays. Output dictionary values:
-
-    * ``image_key``: float32 MetaTensor ``[in_chans, *spatial_size]``; with
-      ``normalization="none"`` the values are in [0, 1] (use this for the nnU-Net export
-      and for training chains that augment before normalising); with ``"fus"`` or
-      ``"imagenet"`` they are ``(x - mean) / std``.
-    * ``label_key`` when ``label_is_map``: ``label_dtype`` MetaTensor ``[1, *spatial_size]``
-      holding only class ids present in the file (nearest-exact resize).
-      When ``label_is_map`` is False (classification) the label is left untouched.
-
-    Args:
-        image_key: key of the image; ``None`` builds a label-only chain (e.g. for scoring).
-        label_key: key of the label; ``None`` for unlabelled data.
-        spatial_size: the network grid ``(H, W)``.
-        normalization: ``"fus"``, ``"imagenet"`` or ``"none"`` (see :func:`normalization_stats`).
-        in_chans: 1, or 3 to repeat grey for natural-image backbones.
-        label_is_map: the label is a segmentation map file (True) or a class id (False).
-        channel_dim: channel axis of ``.npy`` inputs (None = infer).
-        max_value: intensity range override for integer images (e.g. 4095 for 12-bit).
-        label_dtype: dtype of resized label maps.
-        allow_missing_label: do not fail when a dictionary has no ``label_key``.
-    """
-    if image_key is None and (label_key is None or not label_is_map):
-        raise ValueError("ultrasound_preprocessing needs an image_key, a label map key, or both")
-    normalization_stats(normalization, in_chans)  # validate early, with the clear error
-    map_key = label_key if (label_key is not None and label_is_map) else None
-    load_keys = [k for k in (image_key, map_key) if k is not None]
-    as_label = [k == map_key for k in load_keys]
-    modes = ["nearest-exact" if k == map_key else "bilinear" for k in load_keys]
-    transforms: list = [
-        LoadUltrasoundImaged(
-            keys=load_keys, as_label=as_label, channel_dim=channel_dim, allow_missing_keys=allow_missing_label
-        )
-    ]
-    if image_key is not None:
-        transforms += [ScaleIntensityByDtyped(keys=image_key, max_value=max_value), ToSingleChanneld(keys=image_key)]
-    if image_key is not None and map_key is not None:
-        transforms.append(CheckSpatialShapesd(keys=[image_key, map_key], allow_missing_keys=allow_missing_label))
-    transforms.append(
-        AntialiasedResized(keys=load_keys, spatial_size=spatial_size, mode=modes, allow_missing_keys=allow_missing_label)
-    )
-    if map_key is not None:
-        transforms.append(CastToTyped(keys=map_key, dtype=label_dtype, allow_missing_keys=allow_missing_label))
-    if image_key is not None:
-        transforms += normalization_transforms(image_key, normalization, in_chans)
-    return Compose(transforms)
-
-
-def preprocess_image_array(
-    array: np.ndarray | torch.Tensor,
-    spatial_size: Sequence[int] | int = (224, 224),
-    normalization: str = "fus",
-    in_chans: int = 1,
-    *,
-    channel_dim: int | None = None,
-    max_value: float | None = None,
-) -> torch.Tensor:
-    """Run the image half of :func:`ultrasound_preprocessing` on one in-memory array.
-
-    For inference on decoded DICOM frames. ``array``: ``[H, W]``, ``[H, W, C]`` or
-    ``[C, H, W]`` (C <= 4), uint8 / uint16 / bool, or float in [0, 1]; pass ``max_value``
-    for integer data that does not use the full dtype range (e.g. 12-bit in uint16).
-
-    Returns:
-        a plain float32 tensor ``[in_chans, *spatial_size]``, normalised as requested.
-    """
-    mean, std = normalization_stats(normalization, in_chans)
-    image = LoadUltrasoundImage(channel_dim=channel_dim)(array)
-    image = ScaleIntensityByDtype(max_value=max_value)(image)
-    image = ToSingleChannel()(image)
-    image = AntialiasedResize(spatial_size=spatial_size, mode="bilinear")(image)
-    image = convert_to_tensor(image, track_meta=False, dtype=torch.float32)
-    if in_chans == 3:
-        image = image.repeat(3, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (image - mean_t) / std_t
