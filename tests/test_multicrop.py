@@ -10,8 +10,9 @@ import torchvision.transforms.v2.functional as TF
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 
-from ultradino_monai.transforms.multicrop import DinoMultiCrop, DinoMultiCropd, render_views, resize_taps
+from ultradino_monai.transforms.multicrop import DinoMultiCrop, DinoMultiCropd
 from ultradino_monai.transforms.ultrasound import FUS_MEAN, FUS_STD
+from ultradino_monai.transforms.view_render import render_views, resize_taps
 
 H, W = 120, 160  # small 4:3 frames keep the tests fast
 

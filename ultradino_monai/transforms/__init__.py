@@ -13,7 +13,7 @@ from .augment import (
     segmentation_augmentation,
     ultrasound_train_transforms,
 )
-from .multicrop import BLUR_PROBABILITIES, CropParams, DinoMultiCrop, DinoMultiCropd, render_views, resize_taps
+from .multicrop import BLUR_PROBABILITIES, CropParams, DinoMultiCrop, DinoMultiCropd
 from .ultrasound import (
     BT601_WEIGHTS,
     FUS_MEAN,
@@ -35,3 +35,4 @@ from .ultrasound import (
     preprocess_image_array,
     ultrasound_preprocessing,
 )
+from .view_render import render_views, resize_taps
