@@ -15,7 +15,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ultradino_monai.experiments.spec import SpecError, load_spec
+from ultradino_monai.experiments.parse import load_spec
+from ultradino_monai.experiments.spec import SpecError
 from ultradino_monai.utils.logs import setup_logging
 
 __all__ = ["build_parser", "main"]
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from ultradino_monai.experiments import runner
-    from ultradino_monai.experiments.spec import prepare_datasets
+    from ultradino_monai.experiments.prepare import prepare_datasets
 
     spec = load_spec(args.experiment, results_dir=args.results_dir)
     unknown = sorted(set(args.tasks or []) - set(spec.tasks)) + sorted(set(args.backbones or []) - set(spec.backbones))

@@ -42,12 +42,12 @@ from typing import Any
 
 from ultradino_monai.data.datalist import write_json_atomic
 from ultradino_monai.evaluation.repeat import RepeatError, plan_runs
+from ultradino_monai.experiments.prepare import prepare_datasets
 from ultradino_monai.experiments.spec import (
     BackboneSpec,
     ExperimentSpec,
     SpecError,
     TaskSpec,
-    prepare_datasets,
     task_configs,
 )
 
