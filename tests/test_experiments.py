@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from ultradino_monai.evaluation.aggregate import make_record, write_result
+from ultradino_monai.experiments import plan as grid_plan
 from ultradino_monai.experiments import runner as grid
 from ultradino_monai.experiments.report import label_efficiency_points, load_cell_records, render_report
 from ultradino_monai.experiments.parse import load_spec, parse_spec
@@ -90,7 +91,7 @@ def _document(root: Path, results: Path) -> dict:
 def planned(tiny, tmp_path):
     spec = parse_spec(_document(tiny, tmp_path / "results"))
     prepare_datasets(spec)
-    return spec, grid.plan_jobs(spec)
+    return spec, grid_plan.plan_jobs(spec)
 
 
 # ------------------------------------------------------------------------- validation
@@ -187,7 +188,7 @@ def test_nnunet_refuses_two_cells_on_one_split_file(tiny, tmp_path):
     spec = parse_spec(document)
     prepare_datasets(spec)
     with pytest.raises(SpecError, match=r"nnU-Net \(unet\) trains one model per split file, but fewshot_n2_draw0"):
-        grid.plan_jobs(spec)
+        grid_plan.plan_jobs(spec)
 
 
 def test_cell_overrides_follow_the_repeat_contract(planned, tiny):
@@ -237,17 +238,17 @@ def test_resume_plans_only_cells_without_results(planned):
     kinds = {"ft": "classification_finetune", "lp": "classification_linear_probe"}
     for job in finished:
         write_result(job.result_path, _record(job, 0.5, kinds.get(job.task, "segmentation")))
-    again = grid.plan_jobs(spec)
+    again = grid_plan.plan_jobs(spec)
     assert [job.job_id for job in again if job.kind == "cell" and job.is_done()] == [job.job_id for job in finished]
     todo = [job for job in again if job.kind == "cell" and not job.is_done()]
     assert len(todo) == len(cells) - len(finished)
 
 
-def _command_job(root: Path, job_id: str, code: str, result: bool = True, requires=()) -> grid.Job:
+def _command_job(root: Path, job_id: str, code: str, result: bool = True, requires=()) -> grid_plan.Job:
     run_dir = root / job_id
     result_path = run_dir / "result.json"
     argv = [sys.executable, "-c", code]
-    return grid.Job(job_id=job_id, kind="cell", run_dir=run_dir, task=job_id.split("/")[0],
+    return grid_plan.Job(job_id=job_id, kind="cell", run_dir=run_dir, task=job_id.split("/")[0],
                     backbone=job_id.split("/")[1], cell_id=job_id.split("/")[2], result_path=result_path,
                     requires=list(requires),
                     description={"kind": "commands", "run_dir": str(run_dir), "result_path": str(result_path),
@@ -303,7 +304,7 @@ def test_cli_dry_run_and_status(planned):
     spec, jobs = planned
     cells = [job for job in jobs if job.kind == "cell"]
     write_result(cells[0].result_path, _record(cells[0], 0.4))
-    grid.write_experiment_snapshot(spec, jobs)
+    grid_plan.write_experiment_snapshot(spec, jobs)
     document = yaml.safe_dump(_document(Path(spec.datasets["fass"].datalist).parents[1], spec.results_dir))
     path = spec.results_dir / "exp.yaml"
     path.write_text(document)
@@ -337,7 +338,7 @@ def test_report_numbers_equal_hand_computed_mean_and_sem(planned, tmp_path):
                          (label_eff, "segmentation"), (ft, "classification_finetune")):
         for job_id, value in values.items():
             write_result(cells[job_id].result_path, _record(cells[job_id], value, kind))
-    grid.write_experiment_snapshot(spec, jobs)
+    grid_plan.write_experiment_snapshot(spec, jobs)
 
     outputs = render_report(spec.results_dir)
 

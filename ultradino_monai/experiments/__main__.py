@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from ultradino_monai.experiments import runner
+    from ultradino_monai.experiments import plan, runner
     from ultradino_monai.experiments.prepare import prepare_datasets
 
     spec = load_spec(args.experiment, results_dir=args.results_dir)
@@ -55,8 +55,8 @@ def _run(args) -> int:
         raise SpecError(f"--tasks / --backbones name(s) not in {args.experiment}: {unknown}")
     if args.dry_run:
         prepare_datasets(spec)
-        jobs = runner.plan_jobs(spec)
-        for job in runner._select(jobs, args.tasks, args.backbones):
+        jobs = plan.plan_jobs(spec)
+        for job in plan._select(jobs, args.tasks, args.backbones):
             print(f"{'done' if job.is_done() else 'todo'}  {job.job_id}")
         return 0
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
