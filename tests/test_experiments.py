@@ -24,9 +24,9 @@ from PIL import Image
 from ultradino_monai.evaluation.aggregate import make_record, write_result
 from ultradino_monai.experiments import plan as grid_plan
 from ultradino_monai.experiments import runner as grid
-from ultradino_monai.experiments.report import label_efficiency_points, load_cell_records, render_report
 from ultradino_monai.experiments.parse import load_spec, parse_spec
 from ultradino_monai.experiments.prepare import prepare_datasets
+from ultradino_monai.experiments.report import label_efficiency_points, load_cell_records, render_report
 from ultradino_monai.experiments.spec import SpecError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -91,7 +91,6 @@ from ultradino_monai.data.splits.grouping import (
 from ultradino_monai.data.splits.holdout import holdout_splits
 from ultradino_monai.data.splits.jnu import jnu_splits
 
-
 __all__ = [
     "SECTIONS",
     "SplitError",

@@ -12,7 +12,6 @@ from typing import Any
 
 from ultradino_monai.data.datalist import DatalistError
 
-
 SECTIONS = ("training", "validation", "test")
 # Items that are in no section of a split (few-shot leftovers of training patients).
 UNUSED = "unused"

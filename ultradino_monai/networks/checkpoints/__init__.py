@@ -93,7 +93,6 @@ from ultradino_monai.networks.checkpoints.load import SOURCES, LoadedBackbone, l
 from ultradino_monai.networks.checkpoints.normalisation import FUS_MEAN, FUS_STD, IMAGENET_MEAN, IMAGENET_STD
 from ultradino_monai.networks.checkpoints.sidecar import SIDECAR_FORMAT, save_backbone, sidecar_path
 
-
 __all__ = [
     "CheckpointError",
     "FUS_MEAN",

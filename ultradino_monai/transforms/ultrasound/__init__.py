@@ -55,7 +55,6 @@ from ultradino_monai.transforms.ultrasound.normalization import (
 )
 from ultradino_monai.transforms.ultrasound.preprocessing import preprocess_image_array, ultrasound_preprocessing
 
-
 __all__ = [
     "FUS_MEAN",
     "FUS_STD",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from monai.transforms import NormalizeIntensityd, RepeatChanneld
 
-
 # §1.3 item 2: FUS13M training-set statistics on the [0, 1] scale (UltraDINO dinov2/data/transforms.py).
 FUS_MEAN = 0.1842924807
 FUS_STD = 0.2187705424
