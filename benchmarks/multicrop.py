@@ -72,7 +72,7 @@ def load_images(directory: Path, n: int) -> list[np.ndarray]:
 
 
 def torchvision_reference(global_size: int, local_size: int, n_local: int, pil: bool):
-    """The DataAugmentationDINUS recipe (reference §1.3 / §2.4) with torchvision.transforms.v2."""
+    """The DataAugmentationDINUS recipe (docs/recipe.md §1.3 / §2.4) with torchvision.transforms.v2."""
     bicubic = v2.InterpolationMode.BICUBIC
     geometric_global = v2.Compose(
         [v2.RandomResizedCrop(global_size, scale=(0.32, 1.0), interpolation=bicubic, antialias=True),

@@ -8,12 +8,12 @@ Usage::
 ``RAW`` is the Mendeley release (dataset 4gcpm9dsc3, CC BY 4.0) exactly as
 downloaded: the outer zip, which holds an inner zip named like
 ``Fetal Abdominal Structures Segmentation Dataset Using Ultrasonic Images.zip``,
-or either level extracted to a folder (reference datasets_and_nnunet.md §1.1).
+or either level extracted to a folder (docs/datasets.md §1.1).
 The converter searches the tree for the folder that holds both ``IMAGES/`` and
 ``ARRAY_FORMAT/`` (any depth, inside nested zips when needed); the input is only
 read, never modified or extracted in place (see ``data_prep.convert_common``).
 
-Release layout (§1.1):
+Release layout (docs/datasets.md §1.1):
 
 * ``IMAGES/<stem>.png``: the 1,588 frames, RGB with grey content.
 * ``ARRAY_FORMAT/<stem>.npy``: a *pickled dict* ``{"image": HxWx3 uint8,
@@ -34,14 +34,14 @@ Outputs in ``OUT``:
   with BT.601 luma and listed in the report (``colour_images``).
 * ``labels/<stem>.png``: 8-bit index mask, same size, values
   0 background, 1 artery (abdominal aorta), 2 liver, 3 stomach,
-  4 vein (intrahepatic umbilical vein) (§1.1 "Label encoding"; UltraDINO
-  ``FASSDataset``, ultradino_and_dinov2_recipe.md §1.5).
+  4 vein (intrahepatic umbilical vein) (docs/datasets.md §1.1; UltraDINO
+  ``FASSDataset``, docs/recipe.md §1.5).
 * Overlaps: the umbilical vein lies *inside* the liver, so the binary masks
   overlap. Structures are painted liver → stomach → artery → vein, later wins
-  (the torch_em order, §1.1 "Overlap pitfall"): vessels stay visible on top of
+  (the torch_em order, docs/datasets.md §1.1): vessels stay visible on top of
   the liver. ``overlaps.csv`` gives, for every image, the number of pixels
   claimed by two or more structures and the count for each pair.
-* ``datalist.json``: DESIGN contract 1; every image under ``"training"`` with
+* ``datalist.json``: docs/design.md contract 1; every image under ``"training"`` with
   ``image`` / ``label`` / ``patient`` / ``id``, plus ``"dataset": "fass"`` and
   ``"labels": {"background": 0, "artery": 1, "liver": 2, "stomach": 3, "vein": 4}``.
   This is the inventory; bundles read the split files.
@@ -53,7 +53,7 @@ Outputs in ``OUT``:
 
 Patients: the first underscore token of the stem, matched by
 ``--patient-regex`` (default ``^(?P<patient>[A-Za-z]+\\d+)_``, e.g. ``P12_...``
-→ ``P12``; §1.1 "Naming / patient id"). A stem that does not match stops the
+→ ``P12``; docs/datasets.md §1.1). A stem that does not match stops the
 conversion.
 
 Checks (fail before anything is written): every PNG has an ``.npy`` and vice
@@ -112,7 +112,7 @@ __all__ = [
 ]
 
 LABELS = {"background": 0, "artery": 1, "liver": 2, "stomach": 3, "vein": 4}
-# Later structures overwrite earlier ones where masks overlap (§1.1 "Overlap pitfall").
+# Later structures overwrite earlier ones where masks overlap (docs/datasets.md §1.1).
 PAINT_ORDER = ("liver", "stomach", "artery", "vein")
 EXPECTED_IMAGES = 1588
 EXPECTED_PATIENTS = 169

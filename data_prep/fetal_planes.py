@@ -8,19 +8,19 @@ Usage::
 
 ``RAW`` is the Zenodo release exactly as downloaded, ``FETAL_PLANES_ZENODO.zip``, or a
 folder holding it extracted (``FETAL_PLANES_DB_data.csv`` + ``Images/``), at any depth
-(reference ``datasets_and_nnunet.md`` §1.3). The input is only read: zip members are read
+(``docs/datasets.md`` §1.3). The input is only read: zip members are read
 in memory after every member name was checked for path traversal, absolute paths, links and
 encryption (:mod:`data_prep.convert_common`); nothing is extracted or written inside ``RAW``.
 
-Release quirks handled (§1.3): the CSV is ``;``-separated; its header has a trailing
+Release quirks handled (docs/datasets.md §1.3): the CSV is ``;``-separated; its header has a trailing
 space (``Train ``), so column names are stripped; ``Image_name`` has no ``.png`` extension
 (the file is ``Images/<Image_name>.png``); image sizes vary (kept: the shared preprocessing
 resizes to the network grid).
 
-Classes, in UltraDINO's order (§1.3, recipe §1.4): Other 0, Maternal cervix 1, Fetal
+Classes, in UltraDINO's order (docs/datasets.md §1.3, docs/recipe.md §1.4): Other 0, Maternal cervix 1, Fetal
 abdomen 2, Fetal brain 3, Fetal femur 4, Fetal thorax 5.
 
-Splits (PAPER_RESULTS.md "provided test split, rest 80/20 train/val"):
+Splits (docs/paper.md §3: the provided test split, the rest 80/20 train/val):
 
 * test = the official ``Train == 0`` images (5,271);
 * default: the ``Train == 1`` pool split 80/20 into training / validation by *patient*
@@ -35,9 +35,8 @@ Splits (PAPER_RESULTS.md "provided test split, rest 80/20 train/val"):
 Outputs in ``OUT``:
 
 * ``images/<Image_name>.png``: 8-bit grey PNG (mode "L") at native size, converted with
-  Pillow's ``convert("L")`` exactly as UltraDINO's loader does (§1.3 "UD converts every image
-  to mode L");
-* ``datalist.json``: DESIGN contract 1: ``training`` / ``validation`` / ``test`` items
+  Pillow's ``convert("L")`` exactly as UltraDINO's loader does (docs/datasets.md §1.3);
+* ``datalist.json``: docs/design.md contract 1: ``training`` / ``validation`` / ``test`` items
   ``{"image", "label": int, "patient": "Patient00001", "id", "plane", "brain_plane",
   "operator", "us_machine"}``, top-level ``"classes"``, ``"dataset": "fetal_planes_db"`` and
   ``"split"`` (how the sections were drawn);
@@ -95,15 +94,15 @@ __all__ = [
     "main",
 ]
 
-#: Class order of UltraDINO's classification code (reference §1.3 / recipe §1.4).
+#: Class order of UltraDINO's classification code (docs/datasets.md §1.3 / docs/recipe.md §1.4).
 CLASSES: tuple[str, ...] = ("Other", "Maternal cervix", "Fetal abdomen", "Fetal brain", "Fetal femur", "Fetal thorax")
 CSV_NAME = "FETAL_PLANES_DB_data.csv"
 IMAGES_DIR = "Images"
 DATASET = "fetal_planes_db"
 _COLUMNS = ("Image_name", "Patient_num", "Plane", "Brain_plane", "Operator", "US_Machine", "Train")
-#: Release counts (§1.3): 12,400 images; 5,271 official test images (Train=0); 896 + 896 patients.
+#: Release counts (docs/datasets.md §1.3): 12,400 images; 5,271 official test images (Train=0); 896 + 896 patients.
 EXPECTED: dict[str, int] = {"images": 12400, "test": 5271, "patients": 1792}
-#: UltraDINO's split CSVs (§1.3, recipe §1.4): 5,804 / 1,325 / 5,271 rows.
+#: UltraDINO's split CSVs (docs/datasets.md §1.3, docs/recipe.md §1.4): 5,804 / 1,325 / 5,271 rows.
 EXPECTED_ULTRADINO: dict[str, int] = {"training": 5804, "validation": 1325, "test": 5271}
 _ULTRADINO_FILES = {"training": "train_split.csv", "validation": "val_split.csv", "test": "test_split.csv"}
 SECTIONS = ("training", "validation", "test")
@@ -366,7 +365,8 @@ def convert_fetal_planes(
             {"images": len(records), "test": len(test), "patients": len({r["patient"] for r in records})},
             dict(expected or {}),
             hint="FETAL_PLANES_DB has 12,400 images, 5,271 official test images (Train=0) and 1,792 patients "
-            "(§1.3); for another tree pass --expect-images/--expect-test/--expect-patients or --no-count-check.",
+            "(docs/datasets.md §1.3); for another tree pass --expect-images/--expect-test/--expect-patients "
+            "or --no-count-check.",
         )
         check_patient_disjoint({"official train": pool, "official test": test}, where=f"{table.path} Train column")
 
@@ -377,8 +377,8 @@ def convert_fetal_planes(
             check_counts(
                 {section: len(items) for section, items in sections.items()},
                 dict(expected_ultradino or {}),
-                hint="UltraDINO's split CSVs hold 5,804 / 1,325 / 5,271 rows (§1.3); for another tree pass "
-                "--no-count-check.",
+                hint="UltraDINO's split CSVs hold 5,804 / 1,325 / 5,271 rows (docs/datasets.md §1.3); "
+                "for another tree pass --no-count-check.",
             )
             uncovered = len(records) - sum(len(items) for items in sections.values())
             split_info = {"kind": "ultradino", "family": "full", "dataset": DATASET,

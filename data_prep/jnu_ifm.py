@@ -8,8 +8,8 @@ Usage::
 
 ``RAW`` holds the release (Lu et al., Data in Brief 41:107904, 2022; figshare
 14371652) as downloaded: a folder or zip with 78 video folders named by their
-acquisition time ``YYYYMMDDTHHMMSS`` (any depth), each with (reference
-datasets_and_nnunet.md §1.2):
+acquisition time ``YYYYMMDDTHHMMSS`` (any depth), each with (see
+docs/datasets.md §1.2):
 
 * ``image/<video>_<frame>.png``: grayscale frames (1295 × 1026).
 * ``mask/<video>_<frame>_mask.png``: 0 background, **7 pubic symphysis, 8 fetal head**.
@@ -26,13 +26,13 @@ videos (``--expect-frames`` / ``--expect-videos`` / ``--no-count-check``).
 
 Labels. Mask values are remapped 7 → 1 (pubic symphysis), 8 → 2 (head);
 any other nonzero value stops the conversion with an error naming the file.
-As in the paper (PAPER_RESULTS.md, "drop images in which a structure is not
+As in the paper (docs/paper.md §3, "drop images in which a structure is not
 visible"), frames in which either structure is absent are dropped; the report
 lists them with the reason. ``datalist.json`` carries
 ``"labels": {"background": 0, "pubic_symphysis": 1, "head": 2}``.
 
 Patients. File names carry only the video time, and 78 videos come from 51
-patients (§1.2 "Patient id"), so splitting by video could put one patient on
+patients (docs/datasets.md §1.2), so splitting by video could put one patient on
 both sides. Unless a table is given (``--patient-table`` CSV with columns
 ``video,patient``), videos are grouped by this heuristic: sort videos by start
 time; a video starting on the *same calendar day* as the previous one and at
@@ -98,7 +98,7 @@ __all__ = [
 ]
 
 LABELS = {"background": 0, "pubic_symphysis": 1, "head": 2}
-# Release value -> training value (§1.2 "Label remap for training").
+# Release value -> training value (docs/datasets.md §1.2).
 SOURCE_VALUES = {0: 0, 7: 1, 8: 2}
 EXPECTED_FRAMES = 6224
 EXPECTED_VIDEOS = 78

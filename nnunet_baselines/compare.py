@@ -1,4 +1,4 @@
-"""Put nnU-Net and foundation-model result records side by side (DESIGN contract 5).
+"""Put nnU-Net and foundation-model result records side by side (docs/design.md contract 5).
 
 Everything numeric comes from :mod:`ultradino_monai.evaluation.aggregate`: records are
 loaded with ``load_results``, the paper's Table 1 layout (rows ``method (backbone)``, reduced

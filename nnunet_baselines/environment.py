@@ -8,9 +8,9 @@ nnunetv2 reads several environment variables *when its modules are imported*
 ``nnunetv2`` module is imported; every module of this package imports nnunetv2 lazily,
 inside the functions that need it, after calling it.
 
-Reference: ``shared/reference/datasets_and_nnunet.md`` §2.2 (variables), §2.8 (a
+Reference: ``docs/datasets.md`` §2.2 (variables), §2.8 (a
 0-worker ``nnUNet_n_proc_DA`` crashes planning in ``torch.set_num_threads(0)``),
-§2.9 (too many augmentation workers stall small machines).
+docs/datasets.md §2.9 (too many augmentation workers stall small machines).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ __all__ = [
     "nnunet_paths",
 ]
 
-#: The release this harness was written and tested against (reference §2.1: trainer
+#: The release this harness was written and tested against (docs/datasets.md §2.1: trainer
 #: constructor signatures changed across releases, so the harness is pinned).
 TESTED_NNUNET_VERSION = "2.8.1"
-#: ``nnUNet_extTrainer`` (external trainer folders) exists from 2.8.0 on (reference §2.2).
+#: ``nnUNet_extTrainer`` (external trainer folders) exists from 2.8.0 on (docs/datasets.md §2.2).
 MIN_NNUNET_VERSION = (2, 8, 0)
 #: Folder searched by nnU-Net for this package's trainers (see :mod:`nnunet_baselines.trainers`).
 TRAINER_DIR = Path(__file__).resolve().parent / "trainers"
@@ -112,9 +112,9 @@ def configure_environment(
       defaulting to 12, capped at the CPU count). ``augmentation_workers=0`` selects
       nnU-Net's single-threaded augmenter (no worker processes); it is only applied
       around training by :func:`nnunet_baselines.runner.train_fold`, because planning
-      calls ``torch.set_num_threads(nnUNet_n_proc_DA)`` and 0 crashes it (§2.8).
+      calls ``torch.set_num_threads(nnUNet_n_proc_DA)`` and 0 crashes it (docs/datasets.md §2.8).
     * ``nnUNet_compile``: ``False`` sets ``f`` (torch.compile off; worth it for short GPU
-      runs, §2.9), ``True`` sets ``t``; ``None`` leaves nnU-Net's default (on for CUDA,
+      runs, docs/datasets.md §2.9), ``True`` sets ``t``; ``None`` leaves nnU-Net's default (on for CUDA,
       always off on CPU / MPS).
 
     Returns:

@@ -2,27 +2,27 @@
 
 Pixels. Every image and label map goes through THE shared preprocessing
 (:func:`ultradino_monai.transforms.ultrasound.ultrasound_preprocessing` with
-``normalization="none"``, ``in_chans=1``, DESIGN contract 2): load, dtype-range
+``normalization="none"``, ``in_chans=1``, docs/design.md contract 2): load, dtype-range
 scaling to [0, 1], grey, antialiased bilinear resize to the network grid
 (nearest-exact for labels). nnU-Net therefore trains and predicts on the grid the
 foundation-model bundles use, and its predictions are scored against the same
-resized label maps (reference ``datasets_and_nnunet.md`` §2.7 step 2: "the same
-stored PNGs the FM consumes").
+resized label maps (``docs/datasets.md`` §2.7 step 2: nnU-Net trains on the same
+stored pixels the foundation models see).
 
 Re-quantisation. The preprocessed image is float32 in [0, 1]; nnU-Net's
 ``NaturalImage2DIO`` reads PNG, so it is stored as ``round(x * (2**bits - 1))``:
 
-* ``bit_depth=8`` (default, reference §2.3 "single-channel 8-bit grayscale PNG"):
+* ``bit_depth=8`` (default, docs/datasets.md §2.3: single-channel 8-bit grey PNG):
   the stored value differs from the foundation model's pixel by at most
   0.5 / 255 ≈ 0.002 (exactly 0 when no resize happens, because 8-bit sources divided
   by 255 are already on that grid);
 * ``bit_depth=16``: at most 0.5 / 65535 ≈ 7.6e-6 (``NaturalImage2DIO`` reads 16-bit
   PNG through ``skimage.io.imread`` as uint16).
 
-nnU-Net then z-scores every image itself (channel name ``"US"``, §2.3), so the
+nnU-Net then z-scores every image itself (channel name ``"US"``, docs/datasets.md §2.3), so the
 intensity scale does not matter, only this rounding.
 
-Layout written (reference §2.3):
+Layout written (docs/datasets.md §2.3):
 
 * ``imagesTr/CASE_0000.png`` + ``labelsTr/CASE.png``: every case in the training or
   validation section of *any* given split file (the planner's fingerprint sees only
@@ -32,7 +32,7 @@ Layout written (reference §2.3):
 * ``dataset.json``: ``channel_names {"0": "US"}``, ``labels`` from the datalist (index 0
   named ``background`` as nnU-Net requires), ``numTraining``, ``file_ending ".png"``,
   ``overwrite_image_reader_writer "NaturalImage2DIO"`` (pinned: PNGs have been
-  auto-detected as SimpleITKIO, §2.3 #2404);
+  auto-detected as SimpleITKIO, docs/datasets.md §2.3 #2404);
 * ``ultradino_export.json`` (:data:`MANIFEST_NAME`): provenance and the fold table, one
   fold per split file in the order given: ``{"fold", "split_file", "split_sha256",
   "kind", "dataset", "seed", "draw", "train", "val", "test"}`` with case ids. The
@@ -77,7 +77,8 @@ __all__ = [
 
 MANIFEST_NAME = "ultradino_export.json"
 MANIFEST_FORMAT = "nnunet_baselines.export/v1"
-#: Any name other than CT / noNorm / rescale_to_0_1 / rgb_to_0_1 selects nnU-Net's per-image z-score (§2.3).
+#: Any name other than CT / noNorm / rescale_to_0_1 / rgb_to_0_1 selects nnU-Net's per-image z-score
+#: (docs/datasets.md §2.3).
 CHANNEL_NAME = "US"
 FILE_ENDING = ".png"
 _TRAIN_SECTIONS = ("training", "validation")
@@ -102,7 +103,7 @@ def case_id(item: Mapping[str, Any]) -> str:
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
-    """``Dataset{ID:03d}_{NAME}``; IDs 1..999 (001-010 are MSD's, reference §2.3), names ``[A-Za-z0-9_-]``."""
+    """``Dataset{ID:03d}_{NAME}``; IDs 1..999 (001-010 are MSD's, docs/datasets.md §2.3), names ``[A-Za-z0-9_-]``."""
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
         raise ExportError(f"dataset id must be an integer in 1..999, got {dataset_id!r}")
     if not _DATASET_NAME.match(str(name)):
@@ -235,7 +236,7 @@ def export_dataset(
         datalist: the converter's / demo's ``datalist.json`` (segmentation: items with
             ``image``, ``label`` map and ``patient``; top-level ``labels``).
         split_files: one or more split files of that datalist; fold k = ``split_files[k]``.
-        dataset_id, name: nnU-Net dataset id (e.g. 501 FASS, 502 JNU-IFM, §2.3) and name.
+        dataset_id, name: nnU-Net dataset id (e.g. 501 FASS, 502 JNU-IFM, docs/datasets.md §2.3) and name.
         workdir: sets ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` under it
             unless they are already set (:func:`configure_environment`).
         size: the network grid ``(H, W)`` (or one int); the segmentation bundle's ``image_size``.

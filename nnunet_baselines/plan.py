@@ -6,7 +6,7 @@
 integrity check, ``plan_experiments``, ``preprocess`` for the ``2d`` configuration only), then
 writes ``nnUNet_preprocessed/DatasetXXX_NAME/splits_final.json``.
 
-Why the split file matters (reference ``datasets_and_nnunet.md`` §2.5): nnU-Net uses
+Why the split file matters (``docs/datasets.md`` §2.5): nnU-Net uses
 ``splits_final.json`` when it exists; without it, it makes its own seeded 5-fold split, and
 for a fold index beyond the file's length it *silently* falls back to a random 80:20 split.
 :func:`write_splits_final` therefore writes one fold per exported split file (fold k =
@@ -48,7 +48,7 @@ __all__ = [
     "verify_splits_final",
 ]
 
-#: 2D data: the planner makes only the 2d configuration (reference §2.4).
+#: 2D data: the planner makes only the 2d configuration (docs/datasets.md §2.4).
 CONFIGURATION = "2d"
 #: Written next to the plans: which plans identifier ``plan`` made from which export.
 PLAN_STATE = "ultradino_plan.json"
@@ -201,7 +201,7 @@ def plan_and_preprocess(
     _, manifest = load_manifest(workdir, dataset_id)
     processes = int(num_processes or os.environ["nnUNet_def_n_proc"])
     if int(os.environ.get("nnUNet_n_proc_DA", "1")) < 1:
-        # the planner calls torch.set_num_threads(nnUNet_n_proc_DA) (reference §2.8)
+        # the planner calls torch.set_num_threads(nnUNet_n_proc_DA) (docs/datasets.md §2.8)
         os.environ["nnUNet_n_proc_DA"] = "1"
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,

@@ -9,7 +9,7 @@
   ``predict_from_files_sequential`` (no worker processes; default) or ``predict_from_files``
   (``num_processes > 0``). Mirroring test-time augmentation is on by default, as in
   ``nnUNetv2_predict``; ``tta=False`` turns it off (the foundation-model evaluator uses none,
-  reference ``datasets_and_nnunet.md`` §2.9 "disable it on both sides" if parity matters more).
+  ``docs/datasets.md`` §2.9: TTA on for the reported metric, or off on both sides).
 * :func:`select_checkpoint`: the checkpoint rule.
 
 Checkpoint rule. The foundation-model bundles keep the weights with the highest validation

@@ -1,4 +1,4 @@
-"""Score nnU-Net predictions with THE project metric and write result records (DESIGN contracts 3, 5).
+"""Score nnU-Net predictions with THE project metric and write result records (docs/design.md contracts 3, 5).
 
 The ground truth is re-derived from the split file, not read from ``labelsTs``: every
 label map of the scored section goes through the label half of the shared preprocessing
@@ -7,7 +7,7 @@ resize to the network grid, int64), which is exactly what the segmentation bundl
 evaluator compares its predictions with. The predictions are nnU-Net's index PNGs
 (``CASE.png``, written at the exported size), and the score is
 :class:`ultradino_monai.evaluation.metrics.PooledDice` (split-pooled Dice, the
-foreground mean as headline; reference ``datasets_and_nnunet.md`` §1.4, §2.7). nnU-Net's
+foreground mean as headline; ``docs/datasets.md`` §1.4, §2.7). nnU-Net's
 own per-case evaluator is deliberately not used for the headline number.
 
 Result records are built like ``ultradino_monai.engines.segmentation.write_segmentation_result``
@@ -53,7 +53,7 @@ __all__ = [
 
 METHOD = "nnUNet"
 DEFAULT_TRAINER = "nnUNetTrainer"
-#: nnU-Net's default schedule (reference §2.4 "Defaults: 1000 epochs").
+#: nnU-Net's default schedule (docs/datasets.md §2.4: 1,000 epochs).
 DEFAULT_EPOCHS = 1000
 
 
@@ -164,7 +164,7 @@ def build_record(
     dataset: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A validated result record (DESIGN contract 5) for an nnU-Net evaluation.
+    """A validated result record (docs/design.md contract 5) for an nnU-Net evaluation.
 
     Args:
         dice: :func:`score_folder` output.

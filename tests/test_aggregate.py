@@ -1,4 +1,4 @@
-"""Result records, mean ± SEM and the Table 1 layout (DESIGN contract 5)."""
+"""Result records, mean ± SEM and the Table 1 layout (docs/design.md contract 5)."""
 
 from __future__ import annotations
 

@@ -207,7 +207,7 @@ def test_channel_adaptation_is_a_plain_sum_when_channels_share_normalisation(tmp
 
 # ----------------------------------------------------------------------------- UltraDINO
 def ultradino_reference(teacher: dict, img_size: int = 32) -> VisionTransformer:
-    """§3: timm ViT with in_chans=1, reg_tokens=4, no_embed_class, init_values, via checkpoint_filter_fn."""
+    """timm ViT (in_chans=1, reg_tokens=4, no_embed_class, init_values) via checkpoint_filter_fn (docs/recipe.md §3)."""
     reference = VisionTransformer(
         img_size=img_size, patch_size=16, in_chans=1, num_classes=0, embed_dim=D, depth=2, num_heads=HEADS,
         init_values=1e-5, reg_tokens=4, no_embed_class=True,
@@ -264,7 +264,7 @@ def ibot_backbone(grid: int = 2) -> dict:
 
 
 def ibot_reference(backbone: dict, img_size: int = 32) -> VisionTransformer:
-    """iBOT ViT-S/B/16 maps 1:1 onto timm's vit_*_patch16_224 without LayerScale (§3)."""
+    """iBOT ViT-S/B/16 maps 1:1 onto timm's vit_*_patch16_224 without LayerScale (docs/recipe.md §3)."""
     reference = VisionTransformer(
         img_size=img_size, patch_size=16, in_chans=3, num_classes=0, embed_dim=D, depth=2, num_heads=HEADS,
     ).eval()

@@ -2,7 +2,7 @@
 
 The runs use the bundle's own configs through MONAI's ``ConfigWorkflow`` (and the
 ``python -m monai.bundle`` CLI for the export and inference), shrunk with overrides
-(reference monai_bundles.md §9 / §11): tiny demo data, a 4-block ViT-Ti exported as a
+(docs/bundles.md §6): tiny demo data, a 4-block ViT-Ti exported as a
 "pretrained" backbone file, 32 px inputs, a couple of epochs.
 """
 

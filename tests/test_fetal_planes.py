@@ -1,4 +1,4 @@
-"""FETAL_PLANES_DB converter on tiny trees in the exact Zenodo layout (reference datasets_and_nnunet.md §1.3)."""
+"""FETAL_PLANES_DB converter on tiny trees in the exact Zenodo layout (docs/datasets.md §1.3)."""
 
 from __future__ import annotations
 

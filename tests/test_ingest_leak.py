@@ -39,7 +39,7 @@ KEY = b"leak-scan-test-key-0123456789abcdef"
 US_EXAMPLES = ["examples_palette.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_jpeg2k.dcm", "ExplVR_BigEnd.dcm"]
 PHI_FOLDER = "ZZDOE^JANE 19610301 MRN4455"
 PHI_FILE = "ZZDOE_JANE_MRN4455_US.dcm"
-# Attributes whose original values the allowlist keeps on purpose (reference §0)
+# Attributes whose original values the allowlist keeps on purpose (docs/deidentification.md §0)
 # or that only name standard things (class UIDs, codes); never needles.
 KEPT_KEYWORDS = {
     "Manufacturer",
@@ -106,7 +106,7 @@ class Needles:
                 continue
             if element.tag.is_private:
                 text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-                # Private payloads (e.g. the SonoSite XML, reference §1.6) repeat IDs,
+                # Private payloads (e.g. the SonoSite XML, docs/deidentification.md §1.6) repeat IDs,
                 # UIDs and dates in their own formats: keep every digit-bearing token.
                 self.strings |= set(re.findall(r"\d{8,}", text))
                 self.strings |= {w for w in re.findall(r"[A-Za-z0-9]{8,}", text) if sum(c.isdigit() for c in w) >= 4}

@@ -5,7 +5,7 @@ Pillow (JPEG baseline, encapsulated by pydicom) or, where no encoder exists
 offline (JPEG extended 12-bit, JPEG lossless, JPEG-LS, big endian), taken from the
 pydicom wheel's local test files.  Decoded pixels are compared with the source
 array (lossless), with a second independent decoder (GDCM through SimpleITK, or
-the other pydicom plugin) within the tolerances of reference §3.3, or with
+the other pydicom plugin) within the tolerances of docs/deidentification.md §3.3, or with
 hand-computed values.
 """
 
@@ -184,7 +184,7 @@ def test_jpeg_baseline_within_tolerance_and_plugins_agree(grey):
         difference = np.abs(got.astype(int) - want.astype(int))
         assert difference.mean() < 2.0 and difference.max() <= 12
     other = np.stack(list(iter_pixels(io.BytesIO(data), decoding_plugin="pylibjpeg")))
-    # Reference §3.3: Pillow and pylibjpeg differ by at most 3 levels on JPEG.
+    # docs/deidentification.md §3.3: Pillow and pylibjpeg differ by at most 3 levels on JPEG.
     assert np.abs(np.stack(decoded).astype(int) - other.astype(int)).max() <= 3
 
 
@@ -365,7 +365,7 @@ def _region(x0, y0, x1, y1, data_type=1, fmt=1, dx=0.02623, dy=0.02623, units=(3
 def test_crop_bounds_are_inclusive_and_spacing_is_ten_delta():
     decision = decide_crop([_region(32, 10, 335, 209)], rows=480, columns=640, policy=BannerPolicy())
     assert decision.method == "region" and (decision.box.width, decision.box.height) == (304, 200)
-    # Reference §3.2, CX50 OB: 0.02623 cm per pixel -> 0.2623 mm.
+    # docs/deidentification.md §3.2, CX50 OB: 0.02623 cm per pixel -> 0.2623 mm.
     assert decision.spacing_mm == pytest.approx((0.2623, 0.2623))
     frame = np.arange(480 * 640, dtype=np.uint32).reshape(480, 640).astype(np.uint8)
     cropped = apply_crop(frame, decision)

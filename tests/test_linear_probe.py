@@ -1,4 +1,4 @@
-"""Linear probe: the 52-head DINOv2 grid on a frozen backbone (reference recipe §1.4, §2.6)."""
+"""Linear probe: the 52-head DINOv2 grid on a frozen backbone (docs/recipe.md §1.4, §2.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pooled Dice (DESIGN contract 3) and classification metrics, checked against hand-computed values."""
+"""Pooled Dice (docs/design.md contract 3) and classification metrics, checked against hand-computed values."""
 
 from __future__ import annotations
 

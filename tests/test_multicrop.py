@@ -1,4 +1,4 @@
-"""Tests of the DINOv2 / UltraDINO multi-crop (reference §1.3 item 3, §2.4)."""
+"""Tests of the DINOv2 / UltraDINO multi-crop (docs/recipe.md §1.3 item 3, §2.4)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def pipeline(tmp_path_factory):
     assert split_file in split_paths
     workdir = root / "work"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    # 2-core CI box: one pool worker, single-threaded augmentation (reference §2.8)
+    # 2-core CI box: one pool worker, single-threaded augmentation (docs/datasets.md §2.8)
     env.update({"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": "1"})
     command = [sys.executable, "-m", "nnunet_baselines", "run", str(datalist), "--split-file", str(split_file),
                "--dataset-id", str(DATASET_ID), "--name", NAME, "--workdir", str(workdir), "--size", str(SIZE),

@@ -163,7 +163,7 @@ def test_paper_overlay_runs_without_a_monitoring_set(tiny_data, tmp_path):
         "--bundle_root", str(tmp_path), "--run_name", "run", "--epochs", "1", "--warmup_epochs", "0",
         "--num_workers", "0", *TINY,
     )
-    # sqrt scaling (recipe §2): 0.004 * sqrt(4 / 1024) = 0.00025
+    # sqrt scaling (docs/recipe.md §2): 0.004 * sqrt(4 / 1024) = 0.00025
     assert "peak lr 0.00025 (base 0.004, batch 4, scaling sqrt)" in result.stdout + result.stderr
     kinds = {record["kind"] for record in read_jsonl(tmp_path / "runs" / "run" / "metrics.jsonl")}
     assert kinds == {"train"}

@@ -1,4 +1,4 @@
-"""Patient-grouped, seeded split files (DESIGN contract 1)."""
+"""Patient-grouped, seeded split files (docs/design.md contract 1)."""
 
 from __future__ import annotations
 

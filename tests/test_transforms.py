@@ -1,4 +1,4 @@
-"""Tests of the shared ultrasound preprocessing (DESIGN.md contract 2) and the supervised augmentation."""
+"""Tests of the shared ultrasound preprocessing (docs/design.md contract 2) and the supervised augmentation."""
 
 from __future__ import annotations
 

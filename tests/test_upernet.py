@@ -58,7 +58,7 @@ def test_pyramid_levels_come_from_the_configured_blocks():
 
 
 def test_default_out_indices():
-    assert default_out_indices(12) == (3, 5, 7, 11)  # recipe §1.5
+    assert default_out_indices(12) == (3, 5, 7, 11)  # docs/recipe.md §1.5
     assert default_out_indices(24) == (7, 11, 15, 23)  # mmseg ViT-L
     assert default_out_indices(6) == (1, 2, 3, 5)
     assert len(set(default_out_indices(5))) == 4
@@ -107,10 +107,10 @@ def test_build_segmenter_scratch_defaults_follow_the_recipe():
     built = seg.build_segmenter(None, 5, img_size=64, scratch_arch="vit_tiny", scratch_overrides={"depth": 4})
     backbone = built.model.backbone
     assert built.source == "scratch"
-    # drop path 0.4 with the linear per-depth rule (§1.5): 0, 0.4/3, 0.8/3, 0.4
+    # drop path 0.4 with the linear per-depth rule (docs/recipe.md §1.5): 0, 0.4/3, 0.8/3, 0.4
     np.testing.assert_allclose(backbone.drop_path_rates(), [0.0, 0.4 / 3, 0.8 / 3, 0.4], rtol=1e-6)
     assert backbone.num_register_tokens == 4
-    assert backbone.init_values == 1.0  # mmseg config init_values (§1.5)
+    assert backbone.init_values == 1.0  # mmseg config init_values (docs/recipe.md §1.5)
     assert built.mean == pytest.approx((0.1842924807,)) and built.std == pytest.approx((0.2187705424,))
     assert built.model.decoder_config()["decoder_channels"] == 192  # C = D
 

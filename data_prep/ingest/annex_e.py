@@ -1,7 +1,7 @@
 """PS3.15 Annex E Table E.1-1 (Basic Application Level Confidentiality Profile), as data.
 
-Each entry maps a standard tag to its Basic Profile action code (reference
-``dicom_deidentification.md`` §1.1): ``X`` remove, ``Z`` empty, ``D`` dummy,
+Each entry maps a standard tag to its Basic Profile action code (see
+``docs/deidentification.md`` §1.1): ``X`` remove, ``Z`` empty, ``D`` dummy,
 ``U`` consistent replacement UID, ``K`` keep, and the conditional
 combinations (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``, ``X/Z/U*``).  The table follows
 the 2024b edition (617 single-tag rows) plus the repeating-group masks for

@@ -1,19 +1,19 @@
 """Header de-identification by allowlist, keyed pseudonyms and per-patient date shifts.
 
-Reference ``dicom_deidentification.md``:
+Reference ``docs/deidentification.md``:
 
-* §0 / §1.1: build the output header from scratch out of an allowlist (image
+* docs/deidentification.md §0 / §1.1: build the output header from scratch out of an allowlist (image
   pixel, US region calibration, frame timing, equipment make/model/software,
   transducer data, image type, modality, SOP class); everything else, including
   private groups, unknown sequences, overlays, curves and the IconImageSequence,
   is never copied.
-* §1.4: UIDs become ``2.25.<HMAC>`` under the secret key, consistently
+* docs/deidentification.md §1.4: UIDs become ``2.25.<HMAC>`` under the secret key, consistently
   everywhere (references included), and file meta is regenerated so
   MediaStorageSOPInstanceUID equals SOPInstanceUID.
-* §1.5: DA values and the date part of DT values move by a keyed per-patient
+* docs/deidentification.md §1.5: DA values and the date part of DT values move by a keyed per-patient
   offset in whole days (option 113107); times are removed; gestational age in
   days is computed from LastMenstrualDate before anything is dropped.
-* §1.3: the Annex E markers.
+* docs/deidentification.md §1.3: the Annex E markers.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = [
     "PERMITTED_REPLACEMENTS",
 ]
 
-# Reference §3.1: US Image, US Multi-frame Image and their retired predecessors.
+# docs/deidentification.md §3.1: US Image, US Multi-frame Image and their retired predecessors.
 US_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.6.1": "us_image",
     "1.2.840.10008.5.1.4.1.1.3.1": "us_multiframe",
@@ -54,7 +54,7 @@ US_IMAGE_SOP_CLASSES = {
 MULTIFRAME_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.3"}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
-# Deidentification Method codes (CID 7050, reference §1.1).
+# Deidentification Method codes (CID 7050, docs/deidentification.md §1.1).
 _METHOD_CODES = {
     "113100": "Basic Application Confidentiality Profile",
     "113101": "Clean Pixel Data Option",
@@ -87,7 +87,7 @@ PERMITTED_REPLACEMENTS: dict[int, str] = {
     Tag("ReferencedImageSequence"): "cleaned",
 }
 
-# Plain attributes copied when their value passes the VR check below (§0 list).
+# Plain attributes copied when their value passes the VR check below (docs/deidentification.md §0 list).
 _COPY_TEXT = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions", "TransducerData")
 _COPY_NUMBER = ("FrameTime", "CineRate", "RecommendedDisplayFrameRate", "InstanceNumber", "UltrasoundColorDataPresent")
 _SHIFTED_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
@@ -272,7 +272,7 @@ class HeaderDeidentifier:
 
 
 def add_markers(dataset: Dataset, *, pixels_verified: bool, dates_kept: bool) -> None:
-    """Set the Annex E markers (reference §1.3).
+    """Set the Annex E markers (docs/deidentification.md §1.3).
 
     BurnedInAnnotation is ``NO`` and option 113101 is claimed only when the pixel
     step passed (crop to a valid tissue region, or a banner mask confirmed by OCR).

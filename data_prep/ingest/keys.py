@@ -1,6 +1,6 @@
 """Keyed pseudonyms: HMAC-SHA256 with a secret key held outside the repository.
 
-Reference ``dicom_deidentification.md`` §0 and §1.4: every pseudonym, replacement
+Reference ``docs/deidentification.md`` §0 and §1.4: every pseudonym, replacement
 UID and date offset is ``HMAC(K, domain | value)`` with domain separation, so the
 mapping is deterministic across runs and re-ingests without a lookup table, and
 nobody without ``K`` can link an output back to an original identifier (unlike
@@ -81,9 +81,9 @@ class Pseudonymizer:
         return self.digest(domain, value).hex()[:length]
 
     def uid(self, original: str) -> str:
-        """Replacement UID ``2.25.<int of the first 16 HMAC bytes>`` (§1.4).
+        """Replacement UID ``2.25.<int of the first 16 HMAC bytes>`` (docs/deidentification.md §1.4).
 
-        At most 44 characters, no leading zeros, valid under PS3.5 §9.
+        At most 44 characters, no leading zeros, valid under DICOM PS3.5 chapter 9 (docs/deidentification.md §1.4).
         """
         canonical = str(original).replace("\x00", "").strip()
         number = int.from_bytes(self.digest("uid", canonical)[:16], "big")
@@ -112,7 +112,7 @@ class Pseudonymizer:
         return self.hex("fingerprint", text, 32)
 
     def date_offset_days(self, patient_key: str, min_days: int, span_days: int) -> int:
-        """Per-patient date shift ``-(min + h mod span)`` in whole days (§1.5)."""
+        """Per-patient date shift ``-(min + h mod span)`` in whole days (docs/deidentification.md §1.5)."""
         value = int.from_bytes(self.digest("date", patient_key)[:8], "big")
         return -(min_days + value % span_days)
 

@@ -1,6 +1,6 @@
 """Offline OCR check of written frames (``--ocr-check``).
 
-Reference ``dicom_deidentification.md`` §4.3: exact header matching alone misses
+Reference ``docs/deidentification.md`` §4.3: exact header matching alone misses
 burned-in text (GREYSCALE_IMAGE shows ID, DOB and date that differ from the
 header), so a frame is rejected when its OCR text contains any of
 

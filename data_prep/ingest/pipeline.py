@@ -5,7 +5,7 @@ Layout of ``OUTPUT``::
     images/<patient>/<study>/<instance>_<frame>.png   keyed pseudonyms only
     dicom/<patient>/<study>/<instance>.dcm            with --keep-dicom
     manifest.csv      one row per written frame
-    datalist.json     DESIGN contract 1, "training" section
+    datalist.json     docs/design.md contract 1, "training" section
     quarantine.csv    one row per rejected input (by position) and per rejected frame
     report.json       counts by outcome and reason
     .ingest_state/    key check, lock, and one result record per input

@@ -307,7 +307,7 @@ def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: di
         "spacing_col_mm": round(decision.spacing_mm[1], 6) if decision.spacing_mm else None,
         "study_date": identity.study_date,
         "gestational_age_days": identity.gestational_age_days,
-        # Reference §3.1: for ultrasound a missing BurnedInAnnotation means YES.
+        # docs/deidentification.md §3.1: for ultrasound a missing BurnedInAnnotation means YES.
         "burned_in_source": "NO" if burned_in == "NO" else "YES",
         "pixels_verified": int(pixels_verified),
         "ocr": "clean" if config.ocr_check else "not_run",

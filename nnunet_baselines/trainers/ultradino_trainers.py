@@ -3,10 +3,9 @@
 nnU-Net's own ``nnUNetTrainer_1epoch`` still runs 250 training + 50 validation
 iterations; a seconds-scale CI run needs fewer iterations per epoch as well, and the
 nnU-Net maintainers recommend subclassing instead of editing ``nnUNetTrainer``
-(reference ``datasets_and_nnunet.md`` §2.8 "Why a custom trainer may be needed",
-§2.9 #1384). Everything else (network from the plans, loss, augmentation, SGD +
-poly schedule, deep supervision, EMA pseudo-Dice checkpointing, the final
-validation with mirroring) is nnU-Net's default code path.
+(``docs/datasets.md`` §2.8; nnU-Net issue #1384, docs/datasets.md §2.9). Everything else
+(network from the plans, loss, augmentation, SGD + poly schedule, deep supervision, EMA
+pseudo-Dice checkpointing, the final validation with mirroring) is nnU-Net's default code path.
 
 Results of this trainer are a *reduced budget*: the result records label them
 ``nnUNetTrainer_UltraDINOShort/2ep`` and never average them with full runs.
@@ -21,11 +20,11 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 class nnUNetTrainer_UltraDINOShort(nnUNetTrainer):
     """2 epochs x 2 training iterations (1 validation iteration), batch size at most 2.
 
-    Constructor signature as in nnunetv2 >= 2.6 (reference §2.1):
+    Constructor signature as in nnunetv2 >= 2.6 (docs/datasets.md §2.1):
     ``(plans, configuration, fold, dataset_json, device)``.
     """
 
-    #: values chosen for a seconds-scale CPU run on 64 x 64 images (reference §2.8 measured
+    #: values chosen for a seconds-scale CPU run on 64 x 64 images (docs/datasets.md §2.8 measured
     #: 2 epochs x 3 iterations + final validation in ~15 s on an idle 2-core box). Two
     #: epochs, so the EMA pseudo-Dice / checkpoint_best logic runs more than once.
     SHORT_NUM_EPOCHS = 2

@@ -1,4 +1,4 @@
-"""Decathlon-style datalists (DESIGN contract 1).
+"""Decathlon-style datalists (docs/design.md contract 1).
 
 A datalist is a JSON file ``{"training": [...], "validation": [...], "test": [...]}``
 whose items are dicts with an ``"image"`` path (relative to the JSON file), an

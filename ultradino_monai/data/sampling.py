@@ -1,7 +1,7 @@
 """Seeded, resumable sampling for iteration-based training.
 
 DINOv2 trains for a fixed number of iterations per "epoch" over an endless stream of
-samples (reference recipe §2.3). :class:`InfiniteSeededSampler` produces that stream
+samples (docs/recipe.md §2.3). :class:`InfiniteSeededSampler` produces that stream
 reproducibly: each yielded item is ``(index, sample_seed)``, where ``index`` picks the
 image and ``sample_seed`` drives every random choice made for that sample (crops,
 flips, jitter). Both depend only on ``seed`` and the sample's position in the stream,

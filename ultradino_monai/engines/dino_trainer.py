@@ -1,4 +1,4 @@
-"""DINOv2 self-distillation as a MONAI ``Trainer`` (reference: monai_bundles.md §7, recipe §2).
+"""DINOv2 self-distillation as a MONAI ``Trainer`` (docs/bundles.md §4, docs/recipe.md §2).
 
 One iteration, with ``B`` images per process, 2 global and ``L`` local crops:
 

@@ -56,7 +56,7 @@ DEMO_SECRET = "ultradino-demo-key: synthetic data only, never use for patient da
 
 
 def make_teacher(student: DinoModel) -> DinoModel:
-    """The teacher starts as an exact copy of the student, frozen and in eval mode (recipe §2.2)."""
+    """The teacher starts as an exact copy of the student, frozen and in eval mode (docs/recipe.md §2.2)."""
     if isinstance(student, nn.parallel.DistributedDataParallel):
         student = student.module
     teacher = copy.deepcopy(student)
@@ -72,7 +72,7 @@ def build_optimizer(
     patch_embed_lr_mult: float = 0.2,
     betas: Sequence[float] = (0.9, 0.999),
 ) -> torch.optim.AdamW:
-    """AdamW over DINOv2 parameter groups (layer-wise lr decay, no wd on bias/norm/gamma; §2.3).
+    """AdamW over DINOv2 parameter groups (layer-wise lr decay, no wd on bias/norm/gamma; docs/recipe.md §2.3).
 
     The group lr and wd are placeholders: the trainer writes ``schedule × multiplier`` into
     every group at the start of each iteration.
@@ -131,7 +131,7 @@ def pretrain_dataloader(
         seed: seed of the sample stream, the crops and the masks.
         num_workers: data-loading processes (results do not depend on it).
         cache_rate: fraction of the preprocessed images kept in memory (1.0 for small data).
-        mask_ratio, mask_probability: iBOT masking (§2.5).
+        mask_ratio, mask_probability: iBOT masking (docs/recipe.md §2.5).
     """
     items = load_datalist(datalist, section)
     if not items:
@@ -226,7 +226,7 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
 
 def export_teacher_backbone(teacher: DinoModel, path: str | os.PathLike, mean: Sequence[float],
                             std: Sequence[float], extra_info: dict | None = None) -> str:
-    """Write the teacher backbone per DESIGN contract 4 (``backbone.pt`` + ``backbone.json``), rank 0 only."""
+    """Write the teacher backbone per docs/design.md contract 4 (``backbone.pt`` + ``backbone.json``), rank 0 only."""
     if is_main_process():
         save_backbone(teacher.backbone, path, extra_info=extra_info, mean=list(mean), std=list(std))
         logger.info("exported the teacher backbone to %s", path)

@@ -1,4 +1,4 @@
-"""Result records and the Table 1 layout (DESIGN contract 5).
+"""Result records and the Table 1 layout (docs/design.md contract 5).
 
 Every evaluation (segmentation bundle, classification fine-tune / linear probe,
 nnU-Net baseline) writes one JSON **result record** with :func:`write_result`:
@@ -31,7 +31,7 @@ build the metric dicts with the project's names.
 Aggregation (:func:`aggregate`): records are grouped (default by method,
 backbone, task, dataset, split kind); each group gives mean, sample standard
 deviation (ddof = 1) and standard error of the mean SEM = std / √n over its
-runs (seeds for full data, draws for few-shot; PAPER_RESULTS.md "mean over 3
+runs (seeds for full data, draws for few-shot; docs/paper.md "mean over 3
 seeds or 5 training splits, with standard error of the mean"). For n = 1 the
 SEM is reported as 0.00 (the paper prints "± 0.00" for its single nnU-Net
 runs), not NaN; ``n`` is always reported next to it. A group that mixes
@@ -135,7 +135,7 @@ class Table1Column:
         )
 
 
-# PAPER_RESULTS.md Table 1. JNU (p=4): few-shot 4 patients; FASS (n=20): few-shot 20
+# docs/paper.md §4 (Table 1). JNU (p=4): few-shot 4 patients; FASS (n=20): few-shot 20
 # images; FASS (full): the full split (paper header "n=942"); F1 columns: Fetal Planes DB.
 TABLE1_COLUMNS = (
     Table1Column("JNU (p=4)", "segmentation", ("jnu_ifm",), ("fewshot_p4",), "foreground_dice"),

@@ -1,11 +1,11 @@
 """DINOv2 linear-probe protocol: a grid of linear heads on frozen backbone features.
 
-Reference ``ultradino_and_dinov2_recipe.md`` §2.6 (DINOv2 ``eval/linear.py``) and §1.4
+Reference ``docs/recipe.md`` §2.6 (DINOv2 ``eval/linear.py``) and §1.4
 ("Linear probe", UltraDINO's Fetal Planes variant):
 
 * the backbone is frozen and stays in eval mode (:class:`FrozenFeatureExtractor`; MONAI's
   ``SupervisedTrainer`` calls ``network.train()`` every iteration, reference
-  ``monai_bundles.md`` §8, so the wrapper's ``train()`` keeps the backbone in eval);
+  ``docs/bundles.md`` §5, so the wrapper's ``train()`` keeps the backbone in eval);
 * features: the layer-normed CLS tokens of the last ``n`` blocks (n in {1, 4}), optionally
   concatenated with the mean of the last block's layer-normed patch tokens (registers
   excluded), exactly DINOv2's ``create_linear_input``;
@@ -73,11 +73,11 @@ __all__ = [
     "FeatureDataset",
 ]
 
-#: The 13 learning rates of the grid (reference §1.4 and §2.6).
+#: The 13 learning rates of the grid (docs/recipe.md §1.4 and §2.6).
 LEARNING_RATES: tuple[float, ...] = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
-#: Number of last blocks whose CLS tokens are concatenated (reference §2.6).
+#: Number of last blocks whose CLS tokens are concatenated (docs/recipe.md §2.6).
 N_LAST_BLOCKS: tuple[int, ...] = (1, 4)
-#: Whether the average-pooled patch tokens of the last block are appended (reference §2.6).
+#: Whether the average-pooled patch tokens of the last block are appended (docs/recipe.md §2.6).
 AVGPOOL_CHOICES: tuple[bool, ...] = (False, True)
 #: Bump when the layout of cached features changes, so old caches are never reused.
 FEATURE_FORMAT_VERSION = 1
@@ -187,7 +187,7 @@ class LinearHead(nn.Module):
 
     Input ``[B, K + 1, D]``; uses the CLS rows of the last ``n_last_blocks`` blocks,
     flattened in block order, plus row ``K`` (avgpool) when ``use_avgpool``.
-    Output ``[B, num_classes]`` logits. Weight N(0, 0.01), bias 0 (reference §2.6).
+    Output ``[B, num_classes]`` logits. Weight N(0, 0.01), bias 0 (docs/recipe.md §2.6).
     """
 
     def __init__(self, feature_dim: int, max_blocks: int, n_last_blocks: int, use_avgpool: bool, num_classes: int) -> None:
@@ -412,7 +412,7 @@ def select_best_head(accuracy: Mapping[str, float], specs: Sequence[HeadSpec]) -
 
 
 def probe_optimizer(grid: LinearHeadGrid, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.SGD:
-    """SGD, momentum 0.9, weight decay 0, one group per head at its own lr (reference §2.6)."""
+    """SGD, momentum 0.9, weight decay 0, one group per head at its own lr (docs/recipe.md §2.6)."""
     return torch.optim.SGD(grid.param_groups(), lr=grid.specs[0].lr, momentum=momentum, weight_decay=weight_decay)
 
 

@@ -1,6 +1,6 @@
 """Run a bundle over seeds and/or split files, then report mean ± SEM: one driver for every task.
 
-PAPER_RESULTS.md reports the mean over 3 seeds (full data) or 5 training splits (few-shot)
+docs/paper.md reports the mean over 3 seeds (full data) or 5 training splits (few-shot)
 with the standard error of the mean. This module runs those repetitions for the segmentation
 *and* the classification bundles::
 
@@ -29,7 +29,7 @@ result_path    ``OUTPUT_DIR/<run id>/result.json``          ``result_path``
 plus every ``--override KEY=VALUE`` (VALUE parsed as JSON when it is valid JSON, else kept as
 a string). A run has up to two stages: ``train`` runs ``--config_file``; ``evaluate`` (when
 ``--eval_config_file`` is given) runs ``--config_file`` + ``--eval_config_file`` merged, and
-must write the result record (DESIGN contract 5) to ``result_path``. A run whose
+must write the result record (docs/design.md contract 5) to ``result_path``. A run whose
 ``result.json`` already exists is skipped, so an interrupted sweep resumes where it stopped.
 
 Each stage runs in a fresh ``python -m monai.bundle run`` process (the default: isolated

@@ -1,7 +1,7 @@
 """Image classifier on a ViT backbone: CLS token -> BatchNorm1d (no affine) -> Linear.
 
-UltraDINO's fine-tuning model for FETAL_PLANES_DB (reference
-``ultradino_and_dinov2_recipe.md`` §1.4 "Fine-tuning"): ``Sequential(backbone -> CLS
+UltraDINO's fine-tuning model for FETAL_PLANES_DB
+(``docs/recipe.md`` §1.4, fine-tuning): ``Sequential(backbone -> CLS
 token (x_norm_clstoken), BatchNorm1d(D, affine=False, eps=1e-6), Linear(D, num_classes))``,
 the MAE-style head. The whole model is trained (full fine-tuning).
 
@@ -23,7 +23,7 @@ __all__ = ["ClassificationHead", "Classifier", "backbone_config", "build_backbon
 
 
 class ClassificationHead(nn.Module):
-    """``BatchNorm1d(in_dim, affine=False, eps=1e-6) -> Linear(in_dim, num_classes)`` (§1.4).
+    """``BatchNorm1d(in_dim, affine=False, eps=1e-6) -> Linear(in_dim, num_classes)`` (docs/recipe.md §1.4).
 
     The BatchNorm without affine parameters standardises the features per dimension (the
     MAE linear-probe / fine-tune head); the linear layer keeps ``nn.Linear``'s default

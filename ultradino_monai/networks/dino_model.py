@@ -2,7 +2,7 @@
 
 Parameter names follow DINOv2's ``{student,teacher}.{backbone,dino_head}.*`` layout, so a
 checkpoint's ``student``/``teacher`` entries map 1:1 onto the official training
-checkpoints (recipe §1.3 item 6). The iBOT loss shares the DINO head (recipe §2.2,
+checkpoints (docs/recipe.md §1.3 item 6). The iBOT loss shares the DINO head (docs/recipe.md §2.2,
 ``separate_head: false``).
 """
 

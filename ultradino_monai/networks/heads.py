@@ -1,8 +1,8 @@
 """Projection heads for DINOv2-style self-supervised pretraining.
 
 :class:`DINOHead` is the head shared by the DINO (CLS-token) and iBOT (patch-token)
-objectives in the DINOv2 default recipe (reference
-``ultradino_and_dinov2_recipe.md`` §2.2: ``separate_head false``)::
+objectives in the DINOv2 default recipe (see
+``docs/recipe.md`` §2.2: ``separate_head false``)::
 
     x [*, in_dim] -> Linear -> GELU -> Linear -> GELU -> Linear -> [*, bottleneck_dim]
                   -> L2-normalise -> weight-normalised Linear(bottleneck_dim, K, bias=False)
@@ -10,7 +10,7 @@ objectives in the DINOv2 default recipe (reference
 
 The prototypes layer is called ``last_layer`` so that the training engine can find its
 parameters by name (``"last_layer" in name``) and hold its learning rate at zero during
-the first ``freeze_last_layer_epochs`` (§2.2, §2.3).
+the first ``freeze_last_layer_epochs`` (docs/recipe.md §2.2, §2.3).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def build_mlp(
 
 
 class DINOHead(nn.Module):
-    """DINO / iBOT projection head (DINOv2 defaults, reference §2.2).
+    """DINO / iBOT projection head (DINOv2 defaults, docs/recipe.md §2.2).
 
     Args:
         in_dim: backbone embedding width D (384 for ViT-S, 768 for ViT-B).

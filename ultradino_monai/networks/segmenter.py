@@ -1,6 +1,6 @@
 """ViT + UperNet semantic segmenter: ``image [B, C, H, W] -> logits [B, K, H, W]``.
 
-The UltraDINO segmentation model (reference ``ultradino_and_dinov2_recipe.md`` §1.5): a ViT
+The UltraDINO segmentation model (``docs/recipe.md`` §1.5): a ViT
 backbone gives the outputs of blocks ``out_indices`` (0-based; 3, 5, 7, 11 for the 12-block
 ViT-S/B), each through the final LayerNorm and reshaped to ``[B, D, H/p, W/p]``; a simple
 feature pyramid (:class:`~ultradino_monai.networks.upernet.SimpleFeaturePyramid`) and an
@@ -27,14 +27,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Segmenter", "default_out_indices"]
 
-#: Intermediate blocks of the 12-block ViT-S/B used by UltraDINO's UperNet (§1.5).
+#: Intermediate blocks of the 12-block ViT-S/B used by UltraDINO's UperNet (docs/recipe.md §1.5).
 VIT_12_OUT_INDICES = (3, 5, 7, 11)
 
 
 def default_out_indices(depth: int) -> tuple[int, int, int, int]:
     """Blocks that feed the pyramid for a ``depth``-block ViT.
 
-    12 blocks: (3, 5, 7, 11), UltraDINO's choice (§1.5). Other depths (the small demo and test
+    12 blocks: (3, 5, 7, 11), UltraDINO's choice (docs/recipe.md §1.5). Other depths (the small demo and test
     backbones, ViT-L) get the same relative positions, ``round((i + 1) * depth / 12) - 1``
     for i in (3, 5, 7, 11), which gives (1, 2, 3, 5) for 6 blocks and (7, 11, 15, 23) for 24.
     Fewer than 4 blocks cannot give 4 distinct levels: an error.
@@ -60,8 +60,8 @@ class Segmenter(nn.Module):
         num_classes: K, logits per pixel including background (FASS 5, JNU-IFM 3).
         out_indices: four 0-based block indices, shallow to deep; ``None`` =
             :func:`default_out_indices` (3, 5, 7, 11 for 12 blocks).
-        decoder_channels: UPerHead width C; ``None`` = D, UltraDINO's choice (§1.5).
-        pool_scales, dropout, decoder_norm, align_corners: UPerHead settings (§1.5 defaults:
+        decoder_channels: UPerHead width C; ``None`` = D, UltraDINO's choice (docs/recipe.md §1.5).
+        pool_scales, dropout, decoder_norm, align_corners: UPerHead settings (docs/recipe.md §1.5 defaults:
             (1, 2, 3, 6), 0.1, None, False).
         pyramid_norm: normalisation inside the x4 pyramid branch (``"batch"``).
 

@@ -3,7 +3,7 @@
 UltraDINO segments FASS and JNU-IFM with mmsegmentation's ``EncoderDecoder``: the ViT gives
 four intermediate maps (blocks 3, 5, 7, 11, each through the final LayerNorm, reshaped to
 ``[B, D, H/16, W/16]``), a *simple feature pyramid* resamples them to strides 4, 8, 16, 32
-and mmseg's ``UPerHead`` decodes them (reference ``ultradino_and_dinov2_recipe.md`` §1.5):
+and mmseg's ``UPerHead`` decodes them (``docs/recipe.md`` §1.5):
 
 * pyramid (``fpn_scaling=1``, 56/28/14/7 px for a 224 input at patch 16)::
 
@@ -59,7 +59,7 @@ class ConvNormAct(nn.Sequential):
     Args:
         in_channels, out_channels: channels of the ``[B, C, H, W]`` input and output.
         kernel_size: square kernel; padding ``kernel_size // 2`` keeps H and W.
-        norm: ``None`` (UltraDINO, §1.5), ``"batch"`` or ``"sync_batch"``.
+        norm: ``None`` (UltraDINO, docs/recipe.md §1.5), ``"batch"`` or ``"sync_batch"``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, norm: str | None = None) -> None:
@@ -83,7 +83,7 @@ class SimpleFeaturePyramid(nn.Module):
 
     Input: a sequence of four ``[B, D, h, w]`` maps (ViT blocks, shallow to deep). Output: a
     list ``[B, D, 4h, 4w], [B, D, 2h, 2w], [B, D, h, w], [B, D, h//2, w//2]`` (56/28/14/7 for a
-    224 input at patch 16; §1.5). ``h`` and ``w`` must be at least 2 for the max-pool level.
+    224 input at patch 16; docs/recipe.md §1.5). ``h`` and ``w`` must be at least 2 for the max-pool level.
 
     Args:
         embed_dim: D, the channels of the ViT maps (kept on every level).
@@ -160,7 +160,7 @@ class UPerHead(nn.Module):
 
     Args:
         in_channels: channels of each pyramid level (``[D] * 4`` after the simple pyramid).
-        channels: C, the decoder width (UltraDINO: C = D, §1.5).
+        channels: C, the decoder width (UltraDINO: C = D, docs/recipe.md §1.5).
         num_classes: output logits per pixel (background included).
         pool_scales: PPM output sizes on the coarsest level (1, 2, 3, 6).
         dropout: ``Dropout2d`` rate before the classifier (0.1).

@@ -1,10 +1,10 @@
 """DINOv2-style Vision Transformer built on timm's ``VisionTransformer``.
 
-The backbone of UltraDINO is DINOv2's ``DinoVisionTransformer`` (reference
-``ultradino_and_dinov2_recipe.md`` §2.1) with single-channel input and 4 register
-tokens (§1.3). Here it is a thin subclass of :class:`timm.models.vision_transformer.VisionTransformer`,
+The backbone of UltraDINO is DINOv2's ``DinoVisionTransformer`` (see
+``docs/recipe.md`` §2.1) with single-channel input and 4 register
+tokens (docs/recipe.md §1.3). Here it is a thin subclass of :class:`timm.models.vision_transformer.VisionTransformer`,
 so every block, attention, MLP, LayerScale and patch embedding is timm's own code and the
-state-dict keys are timm's (§3):
+state-dict keys are timm's (docs/recipe.md §3):
 
 ``cls_token [1,1,D]``, ``reg_token [1,R,D]``, ``pos_embed [1,N,D]`` (patches only: timm
 ``no_embed_class=True``), ``mask_token [1,D]`` (ours, the iBOT mask embedding),
@@ -20,9 +20,9 @@ Differences from the DINOv2 code that are deliberate:
 
 * Stochastic depth uses timm's per-sample ``DropPath`` at every rate. DINOv2 switches to
   "drop the residual of a random batch subset and rescale" above 0.1; that is an
-  efficiency device with the same expectation (§2.1).
+  efficiency device with the same expectation (docs/recipe.md §2.1).
 * Position-embedding interpolation for other grids is configurable: ``interpolate_offset=0.1,
-  interpolate_antialias=False`` reproduces DINOv2 / UltraDINO training (§2.1; the default here),
+  interpolate_antialias=False`` reproduces DINOv2 / UltraDINO training (docs/recipe.md §2.1; the default here),
   ``interpolate_offset=0, interpolate_antialias=True`` reproduces the official reg4 models and
   timm (``resample_abs_pos_embed``).
 """
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ARCHS", "BeitBackbone", "DinoVisionTransformer", "arch_name_for", "build_vit", "resolve_block_indices"]
 
-#: Canonical ViT sizes (§2.1: ViT-S D=384/6 heads, ViT-B D=768/12 heads, both 12 blocks).
+#: Canonical ViT sizes (docs/recipe.md §2.1: ViT-S D=384/6 heads, ViT-B D=768/12 heads, both 12 blocks).
 #: ViT-Ti (D=192/3 heads) is the demo / test size; ViT-L matches UltraDINO's vitl16 config.
 ARCHS: dict[str, dict[str, int]] = {
     "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
@@ -84,12 +84,12 @@ class DinoVisionTransformer(VisionTransformer):
         patch_size: square patch side in pixels.
         in_chans: input channels (1 for UltraDINO grey-scale, 3 for natural-image weights).
         embed_dim, depth, num_heads, mlp_ratio: transformer size (see :data:`ARCHS`).
-        num_register_tokens: number of register tokens R (UltraDINO: 4, §1.3).
-        init_values: LayerScale γ init (DINOv2: 1e-5, §2.1); ``None`` builds blocks without
+        num_register_tokens: number of register tokens R (UltraDINO: 4, docs/recipe.md §1.3).
+        init_values: LayerScale γ init (DINOv2: 1e-5, docs/recipe.md §2.1); ``None`` builds blocks without
             LayerScale (iBOT, plain timm ViTs).
-        drop_path_rate: stochastic-depth rate (DINOv2 student: 0.3, §2.1).
+        drop_path_rate: stochastic-depth rate (DINOv2 student: 0.3, docs/recipe.md §2.1).
         drop_path_uniform: ``True`` gives every block the same rate (DINOv2 default); ``False``
-            the linear rule 0 → ``drop_path_rate`` over depth (UltraDINO segmentation, §1.5).
+            the linear rule 0 → ``drop_path_rate`` over depth (UltraDINO segmentation, docs/recipe.md §1.5).
         interpolate_offset: DINOv2's interpolation kludge: the grid is scaled by
             ``(new + offset) / old`` instead of resized to ``new``. 0 means resize by size.
         interpolate_antialias: antialiasing for the bicubic position-embedding interpolation.
@@ -138,7 +138,7 @@ class DinoVisionTransformer(VisionTransformer):
             depth=depth,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
-            qkv_bias=True,  # DINOv2: qkv, proj and ffn all have biases (§2.1)
+            qkv_bias=True,  # DINOv2: qkv, proj and ffn all have biases (docs/recipe.md §2.1)
             init_values=init_values,
             class_token=True,
             no_embed_class=True,
@@ -146,7 +146,7 @@ class DinoVisionTransformer(VisionTransformer):
             dynamic_img_size=True,
             # the uniform rule is applied below; timm only knows the linear rule
             drop_path_rate=0.0 if drop_path_uniform else drop_path_rate,
-            weight_init="",  # trunc-normal(0.02) Linear + pos_embed, CLS/registers N(0, 1e-6) (§2.1)
+            weight_init="",  # trunc-normal(0.02) Linear + pos_embed, CLS/registers N(0, 1e-6) (docs/recipe.md §2.1)
         )
         if drop_path_uniform and drop_path_rate > 0:
             for block in self.blocks:
@@ -246,7 +246,7 @@ class DinoVisionTransformer(VisionTransformer):
         """Image ``[B, C, H, W]`` → tokens ``[B, 1+R+N, D]`` ready for the first block.
 
         ``masks`` (bool ``[B, N]`` or ``[B, h, w]``, True = masked) replaces the masked patch
-        embeddings by :attr:`mask_token` *before* the position embedding is added (iBOT, §2.1).
+        embeddings by :attr:`mask_token` *before* the position embedding is added (iBOT, docs/recipe.md §2.1).
         """
         self._check_input(x)
         x = self.patch_embed(x)  # [B, h, w, D]
@@ -402,7 +402,7 @@ def build_vit(
             ``vit_large`` 1024/16; D/heads).
         patch_size, in_chans, num_register_tokens, init_values, drop_path_rate,
         drop_path_uniform, img_size: see :class:`DinoVisionTransformer`. Defaults are
-            UltraDINO's (§1.3, §2.1): patch 16, 1 channel, 4 registers, LayerScale 1e-5.
+            UltraDINO's (docs/recipe.md §1.3, §2.1): patch 16, 1 channel, 4 registers, LayerScale 1e-5.
         **overrides: ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
             ``interpolate_offset``, ``interpolate_antialias`` (e.g. ``depth=2`` for tests).
     """
@@ -442,7 +442,7 @@ def grid_side(num_tokens: int) -> int | None:
 class BeitBackbone(Beit):
     """timm ``Beit`` (BEiT / USFM layout) with the :class:`DinoVisionTransformer` interface.
 
-    USFM (reference §3) is a BEiT/SimMIM ViT-B/16: qkv without bias plus ``q_bias``/``v_bias``,
+    USFM (docs/recipe.md §3) is a BEiT/SimMIM ViT-B/16: qkv without bias plus ``q_bias``/``v_bias``,
     LayerScale ``gamma_1``/``gamma_2``, no absolute position embedding and one relative
     position bias table shared by all blocks (``rel_pos_bias.*``). That is timm's ``Beit`` with
     ``use_abs_pos_emb=False, use_shared_rel_pos_bias=True``; the state-dict keys are USFM's.

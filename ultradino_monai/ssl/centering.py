@@ -1,4 +1,4 @@
-"""Teacher-target normalisation shared by the DINO and iBOT losses (reference §2.2).
+"""Teacher-target normalisation shared by the DINO and iBOT losses (docs/recipe.md §2.2).
 
 Two ways to turn teacher logits ``h`` ``[B, K]`` into target distributions:
 
@@ -126,8 +126,8 @@ class CenteredTeacherLoss(nn.Module):
 
     Args:
         out_dim: number of prototypes K.
-        student_temp: student temperature (0.1, hard-coded in DINOv2; §2.2).
-        center_momentum: EMA momentum m of the center (0.9; §2.2).
+        student_temp: student temperature (0.1, hard-coded in DINOv2; docs/recipe.md §2.2).
+        center_momentum: EMA momentum m of the center (0.9; docs/recipe.md §2.2).
     """
 
     center: torch.Tensor

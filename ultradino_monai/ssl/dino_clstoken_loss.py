@@ -1,4 +1,4 @@
-"""DINO CLS-token loss (reference §2.2).
+"""DINO CLS-token loss (docs/recipe.md §2.2).
 
 With ``CE(t, s) = -mean_batch sum_k t_k log softmax(s / tau_s)_k`` and ``tau_s = 0.1``::
 

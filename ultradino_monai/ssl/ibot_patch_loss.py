@@ -1,4 +1,4 @@
-"""iBOT masked-patch loss (reference §2.2).
+"""iBOT masked-patch loss (docs/recipe.md §2.2).
 
 Only masked patches of the student's global crops are scored; the target for patch p of
 crop i is the teacher's output for the same crop and position on the *unmasked* input::

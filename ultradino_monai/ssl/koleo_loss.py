@@ -1,4 +1,4 @@
-"""KoLeo (Kozachenko-Leonenko) differential-entropy regulariser (reference §2.2).
+"""KoLeo (Kozachenko-Leonenko) differential-entropy regulariser (docs/recipe.md §2.2).
 
 For a batch ``x_1..x_n`` (student backbone CLS tokens of *one* global view)::
 

@@ -1,4 +1,4 @@
-"""iBOT block masking and the multi-crop collate (reference §2.5, §2.4 last bullet, §4 "Masks").
+"""iBOT block masking and the multi-crop collate (docs/recipe.md §2.5, §2.4 last bullet, §4).
 
 :class:`MaskingGenerator` draws BEiT-style block masks on the ``h x w`` patch grid:
 rectangles are added until the target count is reached or a block makes no progress.
@@ -40,7 +40,7 @@ __all__ = ["MaskingGenerator", "MultiCropMaskCollate", "collate_multicrop_with_m
 
 logger = logging.getLogger(__name__)
 
-_MAX_ATTEMPTS_PER_BLOCK = 10  # DINOv2 / BEiT value (§2.5)
+_MAX_ATTEMPTS_PER_BLOCK = 10  # DINOv2 / BEiT value (docs/recipe.md §2.5)
 
 
 class MaskingGenerator:
@@ -50,7 +50,7 @@ class MaskingGenerator:
         input_size: patch grid ``(h, w)`` or a single int for a square grid
             (14 for 224-px crops with 16-px patches).
         max_num_patches: cap on the patches a single block may add; default ``0.5 h w``
-            as in DINOv2 (§2.5).
+            as in DINOv2 (docs/recipe.md §2.5).
         min_num_patches: lower bound of the block area draw (4).
         min_aspect: smallest block aspect ratio (0.3).
         max_aspect: largest block aspect ratio; default ``1 / min_aspect``.
@@ -179,7 +179,7 @@ def collate_multicrop_with_masks(
         samples: B dicts with keys ``global_0..global_{G-1}`` and ``local_0..local_{L-1}``,
             each a ``[C, H, W]`` tensor (global and local sizes may differ). Other keys
             are ignored. Every sample must have the same keys.
-        mask_ratio_tuple: ``(lo, hi)`` range of per-crop mask ratios ((0.1, 0.5), §2.5).
+        mask_ratio_tuple: ``(lo, hi)`` range of per-crop mask ratios ((0.1, 0.5), docs/recipe.md §2.5).
         mask_probability: fraction of global crops that get a mask (0.5).
         n_tokens: N, patch tokens per global crop (196 for 224 px / patch 16); must equal
             ``mask_generator.num_patches``.
@@ -254,12 +254,12 @@ class MultiCropMaskCollate:
 
     Args:
         n_tokens: N, patch tokens per global crop (e.g. 196).
-        mask_ratio: ``(lo, hi)`` mask-ratio range ((0.1, 0.5), §2.5).
-        mask_probability: fraction of global crops that are masked (0.5, §2.5).
+        mask_ratio: ``(lo, hi)`` mask-ratio range ((0.1, 0.5), docs/recipe.md §2.5).
+        mask_probability: fraction of global crops that are masked (0.5, docs/recipe.md §2.5).
         seed: base seed of the mask RNG. In multi-process training pass a different seed
             per rank (e.g. ``seed + rank``) so ranks draw different masks.
         mask_generator: block generator; default a square ``sqrt(N) x sqrt(N)`` grid
-            :class:`MaskingGenerator` with the §2.5 settings. Required if N is not a
+            :class:`MaskingGenerator` with the docs/recipe.md §2.5 settings. Required if N is not a
             perfect square.
 
     Determinism: each call builds a fresh ``numpy.random.Generator`` from the seed

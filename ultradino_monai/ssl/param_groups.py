@@ -1,4 +1,4 @@
-"""Layer-wise lr decay and weight-decay exemptions for AdamW (reference §2.3).
+"""Layer-wise lr decay and weight-decay exemptions for AdamW (docs/recipe.md §2.3).
 
 Per parameter (names in timm ViT keys, optionally prefixed by ``backbone.`` /
 ``dino_head.`` / ``module.`` ...)::

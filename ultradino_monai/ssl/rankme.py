@@ -1,4 +1,4 @@
-"""RankMe: effective rank of an embedding matrix (Garrido et al. 2023; UltraDINO logs it, §1.2)::
+"""RankMe: effective rank of an embedding matrix (Garrido et al. 2023; UltraDINO logs it, docs/recipe.md §1.2)::
 
     sigma = singular values of Z [N, D]
     p_k   = sigma_k / (sum_j sigma_j + eps)

@@ -1,4 +1,4 @@
-"""Per-iteration schedules of DINOv2 pretraining (reference §2.3, §4 "Ignite engine").
+"""Per-iteration schedules of DINOv2 pretraining (docs/recipe.md §2.3, §4).
 
 Everything is indexed by iteration; one "epoch" is ``epoch_length`` iterations
 (DINOv2's ``OFFICIAL_EPOCH_LENGTH``, 1250 by default), not a pass over the data.
@@ -75,7 +75,7 @@ def linear_warmup_then_constant(
 ) -> np.ndarray:
     """``[total_iters]``: ``linspace(start_value, final_value, warmup_iters)`` then ``final_value``.
 
-    The teacher-temperature schedule (0.04 -> 0.07 over 30 epochs, then 0.07; §2.3).
+    The teacher-temperature schedule (0.04 -> 0.07 over 30 epochs, then 0.07; docs/recipe.md §2.3).
     ``warmup_iters`` may exceed ``total_iters`` (the ramp is then cut at ``total_iters``).
     """
     _check_iters(warmup_iters=warmup_iters, total_iters=total_iters)
@@ -86,7 +86,7 @@ def linear_warmup_then_constant(
 
 def scaled_lr(base_lr: float, global_batch_size: int, lr_scaling: str = "sqrt") -> float:
     """Learning rate for a global batch: ``"sqrt"``: ``base_lr * sqrt(B / 1024)`` (DINOv2's
-    ``sqrt_wrt_1024``, §2.3; 0.004 at B=512 gives 2.83e-3); ``"none"``: ``base_lr``."""
+    ``sqrt_wrt_1024``, docs/recipe.md §2.3; 0.004 at B=512 gives 2.83e-3); ``"none"``: ``base_lr``."""
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
     if lr_scaling == "sqrt":
@@ -143,7 +143,7 @@ def build_dino_schedules(
 ) -> DinoSchedules:
     """All five DINOv2 schedules (formulas in the module docstring).
 
-    Recipe values (§2.3): ``base_lr=0.004, epochs=100, epoch_length=1250,
+    Recipe values (docs/recipe.md §2.3): ``base_lr=0.004, epochs=100, epoch_length=1250,
     warmup_epochs=10, min_lr=1e-6, weight_decay=0.04, weight_decay_end=0.4,
     momentum_teacher=0.992, final_momentum_teacher=1.0, teacher_temp=0.07,
     warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30, freeze_last_layer_epochs=1``.

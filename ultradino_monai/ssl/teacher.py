@@ -1,4 +1,4 @@
-"""EMA teacher update (reference §2.2 "Teacher", §2.3 teacher momentum)::
+"""EMA teacher update (docs/recipe.md §2.2 "Teacher", §2.3 teacher momentum)::
 
     theta_teacher <- m * theta_teacher + (1 - m) * theta_student,   m: 0.992 -> 1 (cosine)
 

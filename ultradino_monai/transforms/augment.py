@@ -14,8 +14,8 @@ as the albumentations pipelines of UltraDINO ran them on uint8 images before ``N
 Spatial transforms move image and label map together (one random draw per sample); label
 maps are resampled with nearest-neighbour interpolation so they keep their class ids.
 
-Parameters are the UltraDINO ones (reference brief §1.5 segmentation ``AlbuGray`` list,
-§1.4 classification list; albumentations 1.3.1 semantics):
+Parameters are the UltraDINO ones (docs/recipe.md §1.5 segmentation ``AlbuGray`` list,
+docs/recipe.md §1.4 classification list; albumentations 1.3.1 semantics):
 
 ====================  =========================================================  ==========
 transform             parameters                                                 p
@@ -394,7 +394,7 @@ def segmentation_augmentation(
     translate_mode: str = "symmetric",
     grid_padding_mode: str = "zeros",
 ) -> Compose:
-    """UltraDINO segmentation augmentation (reference §1.5 ``AlbuGray`` list, same order).
+    """UltraDINO segmentation augmentation (docs/recipe.md §1.5 ``AlbuGray`` list, same order).
 
     Args:
         keys: ``keys[0]`` is the image, the remaining keys are label maps that follow the
@@ -439,7 +439,7 @@ def classification_augmentation(
     prob: float = 0.5,
     grid_padding_mode: str = "reflection",
 ) -> Compose:
-    """UltraDINO classification augmentation (reference §1.4, same order, without Resize/Normalize).
+    """UltraDINO classification augmentation (docs/recipe.md §1.4, same order, without Resize/Normalize).
 
     RandomBrightnessContrast -> RandomGamma -> GaussNoise -> GridDistortion
     (albumentations' default reflect-101 border -> ``"reflection"``) -> HorizontalFlip,

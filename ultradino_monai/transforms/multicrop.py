@@ -2,7 +2,7 @@
 
 One grey ultrasound image ``[1, H, W]`` becomes 2 global and ``n_local_crops`` local views,
 each a float32 ``[1, S, S]`` tensor normalised with the FUS statistics. The recipe is
-UltraDINO's ``DataAugmentationDINUS`` (reference brief §1.3 item 3 and §2.4):
+UltraDINO's ``DataAugmentationDINUS`` (docs/recipe.md §1.3 item 3 and §2.4):
 
 * global crops (2): RandomResizedCrop(``global_size``=224, scale (0.32, 1.0), ratio
   (3/4, 4/3), bicubic) + **vertical** flip p=0.5 (UltraDINO replaced DINOv2's horizontal
@@ -15,14 +15,14 @@ UltraDINO's ``DataAugmentationDINUS`` (reference brief §1.3 item 3 and §2.4):
 * Gaussian blur, kernel 9, sigma ~ U(0.1, 2.0), reflect border, with the *effective*
   probabilities (see below);
 * solarize (x >= 128/255 -> 1 - x) with p=0.2 on the second global crop only;
-* normalise ``(x - mean) / std`` with the FUS13M statistics (§1.3 item 2).
+* normalise ``(x - mean) / std`` with the FUS13M statistics (docs/recipe.md §1.3 item 2).
 
 Blur probabilities (``blur_probabilities``): DINOv2's ``GaussianBlur(p)`` wrapper passes
 ``1 - p`` to ``torchvision.transforms.RandomApply`` (the comment says "torchvision is
 applying 1 - probability", which it is not), so the nominal schedule 1.0 / 0.1 / 0.5
 (global_0 / global_1 / local) is *effectively* 0.0 / 0.9 / 0.5: the first global crop is
 never blurred and the second almost always (dinov2 PR #411, dinov3 #286/#342; reference
-§2.4). UltraDINO inherited the bug and its released models were trained with it, so
+docs/recipe.md §2.4). UltraDINO inherited the bug and its released models were trained with it, so
 ``"effective"`` (0.0, 0.9, 0.5) is the default; ``"nominal"`` (1.0, 0.1, 0.5) gives the
 schedule the DINOv2 authors intended; a ``(g0, g1, local)`` tuple sets them explicitly.
 
@@ -60,7 +60,7 @@ __all__ = [
     "DinoMultiCropd",
 ]
 
-# (global_0, global_1, local) blur probabilities, reference §2.4.
+# (global_0, global_1, local) blur probabilities, docs/recipe.md §2.4.
 BLUR_PROBABILITIES = {"effective": (0.0, 0.9, 0.5), "nominal": (1.0, 0.1, 0.5)}
 
 
@@ -98,7 +98,7 @@ class DinoMultiCrop(Randomizable, Transform):
     """DINOv2 / UltraDINO multi-crop views of one grey image (see the module docstring).
 
     Args:
-        global_size: side of the global crops (224; reference §1.3 item 4).
+        global_size: side of the global crops (224; docs/recipe.md §1.3 item 4).
         local_size: side of the local crops (96).
         n_local_crops: number of local crops (8).
         global_scale: RandomResizedCrop area fraction of the global crops ((0.32, 1.0)).
