@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -45,9 +45,7 @@ HEADING = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)\.?\s")
 
 def _tracked_files() -> list[str]:
     try:
-        out = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
-        ).stdout
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
     except (OSError, subprocess.CalledProcessError) as exc:  # not a git checkout: nothing to scan
         pytest.skip(f"git ls-files unavailable: {exc}")
     return [p for p in out.decode("utf-8").split("\0") if p]
@@ -67,7 +65,7 @@ def _read_text(rel: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sections(rel: str) -> frozenset[str]:
     """Numbers of the numbered Markdown headings of tracked file ``rel`` (``"2"``, ``"2.3"``, ...)."""
     text = _read_text(rel) or ""
