@@ -1,4 +1,4 @@
-"""Patient-grouped, seeded, deterministic split files (DESIGN contract 1).
+"""Patient-grouped, seeded, deterministic split files (docs/design.md contract 1).
 
 Every training / validation / test partition used anywhere in the project (the
 segmentation and classification bundles, the linear probe, the nnU-Net
@@ -36,8 +36,8 @@ Grouping. No patient ever appears in two of training / validation / test
 a training patient (few-shot), the patient's remaining images go to no section
 and are counted as ``"unused"``; they are never moved into validation.
 
-Protocols (paper: PAPER_RESULTS.md "Evaluation protocol"; reference
-datasets_and_nnunet.md §1.1/§1.2; ultradino_and_dinov2_recipe.md §1.5):
+Protocols (paper: docs/paper.md §3; see
+docs/datasets.md §1.1/§1.2; docs/recipe.md §1.5):
 
 * FASS (:func:`fass_splits`): one fixed test set of 20 % of the *images*,
   patient-grouped, shared by every file.
@@ -57,7 +57,7 @@ datasets_and_nnunet.md §1.1/§1.2; ultradino_and_dinov2_recipe.md §1.5):
 
   The paper's Table 1 header says FASS full has n = 942 training images; 80/20
   of the remaining 80 % gives about 1,016. The UltraDINO split lists are not
-  published (§1.1 "Splits"), so this cannot be matched exactly.
+  published (docs/datasets.md §1.1), so this cannot be matched exactly.
 * JNU-IFM (:func:`jnu_splits`): about half of the *patients* held out as test.
 
   - ``fewshot_p4_draw{d}.json``: 4 patients, at most 10 images each (a random

@@ -23,7 +23,7 @@ def holdout_splits(
     The items outside ``"test"`` are split ``1 - val_fraction`` / ``val_fraction``
     into training / validation by patient (images-weighted), one file per seed
     ``full_seed{s}.json``. Used for FETAL_PLANES_DB (provided test split; "rest
-    80/20 train/val", PAPER_RESULTS.md).
+    80/20 train/val", docs/paper.md).
 
     Raises:
         SplitError: the datalist has no ``"test"`` items, or a test patient also

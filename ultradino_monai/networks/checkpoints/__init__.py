@@ -1,6 +1,6 @@
 """Backbone checkpoints: one loader for UltraDINO exports, DINOv2, iBOT, USFM and timm ViTs.
 
-Entry points: :func:`load_backbone` and :func:`save_backbone` (DESIGN contract 4). Only local
+Entry points: :func:`load_backbone` and :func:`save_backbone` (docs/design.md contract 4). Only local
 files are read; nothing is downloaded.
 
 Every tensor in the file is either loaded into the model or dropped by one of the rules
@@ -20,7 +20,7 @@ student when the teacher is taken) are not loaded; their names go to ``info["ign
 **Finding the backbone** (``info["prefix"]``). The backbone prefix is whatever precedes the
 key ending in ``patch_embed.proj.weight`` (``teacher.backbone.``, ``backbone.``,
 ``module.backbone.``, ``module.`` or nothing); when a training checkpoint holds both student
-and teacher, the teacher's is taken (the downstream models load the *teacher* backbone, §1.3).
+and teacher, the teacher's is taken (the downstream models load the *teacher* backbone, docs/recipe.md §1.3).
 Keys outside the prefix are dropped by rule ``training-state`` when the prefix starts with
 ``teacher.`` (student, DINO/iBOT heads, loss centers of a DINOv2/UltraDINO training
 checkpoint), or by rule ``ssl-head`` when they are projection heads
@@ -74,17 +74,17 @@ this is the plain sum ``W' = Σ_c W_c``, because conv((x, x, x); W) = conv(x; Σ
 whose three channels are equal.
 
 **Normalisation returned**: the sidecar's mean/std; otherwise FUS (mean 0.1842924807, std
-0.2187705424 on [0, 1], §1.3) for ``ultradino`` 1-channel weights and ImageNet for
-``dinov2``/``ibot``/``usfm``/``timm`` (§1.5, §3), after the channel adaptation above. ``mean``
+0.2187705424 on [0, 1], docs/recipe.md §1.3) for ``ultradino`` 1-channel weights and ImageNet for
+``dinov2``/``ibot``/``usfm``/``timm`` (docs/recipe.md §1.5, §3), after the channel adaptation above. ``mean``
 and ``std`` arguments override the source's (e.g. a timm model trained with mean 0.5).
 
 **Registers.** ``num_register_tokens=None`` keeps the file's. ``0`` with a file that has
-registers drops them (rule ``registers-dropped``; UltraDINO's segmentation did this, §1.5).
+registers drops them (rule ``registers-dropped``; UltraDINO's segmentation did this, docs/recipe.md §1.5).
 Any other mismatch is an error.
 
 **Interpolation of the position embedding at run time** follows the source's own code:
 DINOv2/UltraDINO training and iBOT use offset 0.1 without antialias, the official DINOv2
-register models and timm offset 0 with antialias (§2.1). ``interpolate_offset`` and
+register models and timm offset 0 with antialias (docs/recipe.md §2.1). ``interpolate_offset`` and
 ``interpolate_antialias`` overrides win.
 """
 

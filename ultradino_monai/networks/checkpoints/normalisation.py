@@ -17,10 +17,10 @@ from ultradino_monai.networks.checkpoints.errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 
-#: UltraDINO's single-channel normalisation on the [0, 1] scale (FUS13M training set, §1.3).
+#: UltraDINO's single-channel normalisation on the [0, 1] scale (FUS13M training set, docs/recipe.md §1.3).
 FUS_MEAN: tuple[float, ...] = (0.1842924807,)
 FUS_STD: tuple[float, ...] = (0.2187705424,)
-#: ImageNet normalisation used by the natural-image baselines (DINOv2, iBOT, USFM, timm; §1.5, §3).
+#: ImageNet normalisation used by the natural-image baselines (DINOv2, iBOT, USFM, timm; docs/recipe.md §1.5, §3).
 IMAGENET_MEAN: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
 

@@ -205,5 +205,5 @@ def _interpolation_for(source: str, registers: int, sidecar: dict | None) -> tup
     if sidecar is not None and "interpolate_offset" in sidecar:
         return float(sidecar["interpolate_offset"]), bool(sidecar.get("interpolate_antialias", False))
     if source == "timm" or (source == "dinov2" and registers):
-        return 0.0, True  # official DINOv2 reg models and timm (§2.1)
-    return 0.1, False  # DINOv2 / UltraDINO training, iBOT (§2.1)
+        return 0.0, True  # official DINOv2 reg models and timm (docs/recipe.md §2.1)
+    return 0.1, False  # DINOv2 / UltraDINO training, iBOT (docs/recipe.md §2.1)

@@ -1,6 +1,6 @@
 """THE shared deterministic preprocessing for 2D ultrasound images and label maps.
 
-DESIGN.md contract 2 ("One preprocessing"): the bundles, the linear probe, the
+docs/design.md contract 2 ("One preprocessing"): the bundles, the linear probe, the
 nnU-Net export and the metric all build their input pipeline from this module,
 so a baseline never sees different pixels than the foundation model.
 

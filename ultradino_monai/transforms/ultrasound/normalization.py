@@ -1,20 +1,20 @@
 """Normalisation statistics of the ultrasound backbones and the normalising tail of the chain.
 
 * FUS mean/std 0.1842924807 / 0.2187705424 on the [0, 1] scale, computed on the
-  FUS13M training set (§1.3 item 2; UltraDINO ``dinov2/data/transforms.py``).
+  FUS13M training set (docs/recipe.md §1.3 item 2; UltraDINO ``dinov2/data/transforms.py``).
 * ImageNet mean/std (timm's ``IMAGENET_DEFAULT_*``) for 3-channel natural-image
-  backbones; the grey channel is repeated 3x first (§1.4 "For in_chans=3 the
-  channel is stacked 3x", §1.5 ``GrayToThreeChannels``).
+  backbones; the grey channel is repeated 3x first (docs/recipe.md §1.4 input, §1.5
+  ``GrayToThreeChannels``).
 """
 
 from __future__ import annotations
 
 from monai.transforms import NormalizeIntensityd, RepeatChanneld
 
-# §1.3 item 2: FUS13M training-set statistics on the [0, 1] scale (UltraDINO dinov2/data/transforms.py).
+# docs/recipe.md §1.3 item 2: FUS13M training-set statistics on the [0, 1] scale (UltraDINO dinov2/data/transforms.py).
 FUS_MEAN = 0.1842924807
 FUS_STD = 0.2187705424
-# timm IMAGENET_DEFAULT_MEAN / STD, used by the natural-image baselines (§1.4, §1.5).
+# timm IMAGENET_DEFAULT_MEAN / STD, used by the natural-image baselines (docs/recipe.md §1.4, §1.5).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -38,7 +38,7 @@ def ultrasound_preprocessing(
     label_dtype: torch.dtype = torch.int64,
     allow_missing_label: bool = False,
 ) -> Compose:
-    """Build THE deterministic preprocessing chain (DESIGN.md contract 2).
+    """Build THE deterministic preprocessing chain (docs/design.md contract 2).
 
     Input: a dictionary whose ``image_key`` / ``label_key`` values are paths (``.png`` or
     ``.npy``) or arrays. Output dictionary values:
