@@ -33,6 +33,7 @@ from data_prep.ingest import Pseudonymizer
 from data_prep.ingest.annex_e import blocklist_violations
 from data_prep.ingest.deid import PERMITTED_REPLACEMENTS, parse_date
 
+from audit_page import Page, assert_page_matches_outputs, image_metadata
 from phi_fixtures import PlantedPhi, SyntheticStudy, make_us_dataset
 
 KEY = b"leak-scan-test-key-0123456789abcdef"
@@ -213,19 +214,20 @@ class _Corpus:
         return self.names[bisect.bisect_right(self.starts, position) - 1]
 
 
-def _png_metadata(raw: bytes) -> bytes:
-    """All PNG chunks except the compressed pixels; text/EXIF chunks are leaks by themselves."""
-    import struct
+def _html_documents(relative: str, text: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]]]:
+    """The audit page as a browser reads it: text nodes and comments, attribute names and values (data URI
+    payloads decoded separately), style sheets minus the page's fixed CSS; and its images' metadata.
+    Tag names are left out: they come from the code, and words like 'body' are also harvested needles."""
+    from data_prep.ingest.report_html import PAGE_CSS
 
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    position, kept = 8, [raw[:8]]
-    while position < len(raw):
-        length, kind = struct.unpack(">I4s", raw[position : position + 8])
-        assert kind in (b"IHDR", b"IDAT", b"IEND"), f"unexpected PNG chunk {kind!r}"
-        if kind != b"IDAT":
-            kept.append(raw[position : position + 12 + length])
-        position += 12 + length
-    return b"".join(kept)
+    page = Page(text)
+    documents = [
+        (f"{relative} text", "\n".join(page.texts)),
+        (f"{relative} attributes", "\n".join(f"{name}={value}" for _, name, value in page.attributes)),
+        (f"{relative} style", "\n".join(page.styles).replace(PAGE_CSS, "")),
+    ]
+    images = [(f"{relative} image {i}", image_metadata(mime, raw)) for i, (mime, raw) in enumerate(page.images)]
+    return documents, images
 
 
 def scan(output: Path, needles: Needles, extra_text: str = "") -> list[str]:
@@ -240,7 +242,11 @@ def scan(output: Path, needles: Needles, extra_text: str = "") -> list[str]:
             continue
         raw = path.read_bytes()
         if path.suffix == ".png":
-            raw_documents.append((relative, _png_metadata(raw)))
+            raw_documents.append((relative, image_metadata("image/png", raw)))
+        elif path.suffix == ".html":
+            texts, images = _html_documents(relative, raw.decode("utf-8"))
+            documents.extend(texts)
+            raw_documents.extend(images)
         elif path.suffix == ".dcm":
             # Everything up to the pixel data element (pixels are the OCR check's job).
             end = raw.find(b"\xe0\x7f\x10\x00")
@@ -397,6 +403,57 @@ def test_scan_detects_planted_leaks(ingested, tmp_path):
     case = tmp_path / "pathcase" / "MRN4455"
     case.mkdir(parents=True)
     assert scan(tmp_path / "pathcase", needles)
+
+
+def _jpeg_uri(comment: bytes | None = None) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    extra = {"comment": comment} if comment else {}
+    Image.new("L", (8, 8), 90).save(buffer, format="JPEG", **extra)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_scan_reads_the_audit_page_like_a_browser(ingested, tmp_path):
+    """Attribute values, entity-encoded text and embedded image metadata of qc/index.html are scanned."""
+    import base64
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    needles = ingested["needles"]
+    clean = f'<html><body><img src="{_jpeg_uri()}" alt="frame"><p>P0123456789abcdef</p></body></html>'
+    pages = {
+        "attribute": clean.replace('alt="frame"', 'alt="ZZDOE^JANEQXQA"'),
+        "entities": clean.replace("P0123456789abcdef", "&#90;ZDOE&#94;JANEQXQA"),
+        "style": clean.replace("<body>", "<body><style>/* MRN4455 */</style>"),
+    }
+    for name, text in {"clean": clean, **pages}.items():
+        (tmp_path / name / "qc").mkdir(parents=True)
+        (tmp_path / name / "qc" / "index.html").write_text(text)
+        assert bool(scan(tmp_path / name, needles)) == (name != "clean"), name
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "nothing to see")
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    for name, uri in (
+        ("png_text", "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()),
+        ("jpeg_comment", _jpeg_uri(b"ZZDOE")),
+    ):
+        (tmp_path / name / "qc").mkdir(parents=True)
+        (tmp_path / name / "qc" / "index.html").write_text(clean.replace(_jpeg_uri(), uri))
+        with pytest.raises(AssertionError, match="unexpected (PNG chunk|JPEG marker)"):
+            scan(tmp_path / name, needles)
+
+
+def test_audit_page_is_scanned_and_its_numbers_match(ingested):
+    """The leak scan above covered a real page: thumbnails, every reason code of this export, and its numbers."""
+    page = assert_page_matches_outputs(ingested["output"])
+    assert len(page.images) >= 10
+    assert {"skipped:dicomdir", "quarantined:zip_unsafe_path", "skipped:secondary_capture"} <= set(page.reasons)
 
 
 def test_every_input_accounted_and_positions_only(ingested):

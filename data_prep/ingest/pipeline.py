@@ -8,6 +8,7 @@ Layout of ``OUTPUT``::
     datalist.json     docs/design.md contract 1, "training" section
     quarantine.csv    one row per rejected input (by position) and per rejected frame
     report.json       counts by outcome and reason
+    qc/index.html     the de-identification audit page (data_prep.ingest.report)
     .ingest_state/    key check, lock, and one result record per input
 
 Resume and determinism: each input's result record is written by its worker
@@ -436,6 +437,11 @@ def run_ingest(
         for stale in (state / "records").iterdir():
             if stale.name not in wanted:
                 stale.unlink()
+        # The audit page reads only the outputs just written, so a resumed run rewrites it to the same bytes.
+        # (Imported here: `python -m data_prep.ingest.report` must not find the module already imported.)
+        from .report import write_report
+
+        write_report(output_dir)
         sweep_temporaries(output_dir)
         return report
     finally:
