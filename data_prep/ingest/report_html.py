@@ -66,7 +66,7 @@ def thumbnail_data_uri(path: Path) -> str | None:
         with Image.open(path) as image:
             image.draft(None, (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
             picture = image.convert("RGB" if image.mode in ("RGB", "RGBA", "P") else "L")
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None
     picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
