@@ -17,11 +17,17 @@ the seed (same seed -> byte-identical files):
 
 All splits are patient-grouped and drawn from the seed. Images come from
 :mod:`data_prep.phantom`.
+
+The one way in for the bundles, the experiment runner and this command line is
+:func:`ensure_demo` (and :func:`ensure_ingested_demo` for the pretraining data): it holds
+an ``fcntl`` lock on ``OUT_DIR/.prepare.lock``, so concurrent runs never generate into the
+same folder, and it uses the fixed seed 0 unless the command line asks for another.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import json
 import logging
@@ -29,9 +35,10 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -371,6 +378,88 @@ def generate_demo(out_dir: str | os.PathLike, seed: int = 0, scale: str = "defau
     return {**summary, "regenerated": True, "out_dir": str(out_dir)}
 
 
+DEMO_SEED = 0
+#: Fixed key of the demo ingestion, written next to the synthetic archive (never for patient data).
+DEMO_SECRET = "ultradino-demo-key: synthetic data only, never use for patient data\n"
+LOCK_FILE = ".prepare.lock"
+#: The demo parts a bundle's ``dataset_dir`` defaults to (``ingested`` is made by :func:`ensure_ingested_demo`).
+DEMO_PARTS = ("planes", "fass", "jnu_ifm")
+
+
+@contextmanager
+def demo_lock(demo_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive ``fcntl`` lock on ``demo_dir/.prepare.lock`` (``demo_dir`` is created).
+
+    Runs started side by side (a sweep, torchrun ranks, the experiment runner's cells) share
+    one demo folder: one prepares it, the others wait and then find the work done. The lock
+    is not re-entrant: do not call another locking function of this module inside it.
+    """
+    demo_dir = Path(demo_dir)
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    with open(demo_dir / LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield demo_dir
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_demo(demo_dir: str | os.PathLike, scale: str = "default", *, seed: int = DEMO_SEED,
+                force: bool = False) -> dict:
+    """The shared demo data in ``demo_dir``: generated under :func:`demo_lock`, skipped when complete.
+
+    Every bundle and the experiment runner go through this (or :func:`ensure_ingested_demo`),
+    always with the demo's own seed 0, so a training seed never regenerates the shared folder.
+    ``seed`` and ``force`` are for the command line (``python -m data_prep.demo --seed S``).
+    Returns :func:`generate_demo`'s summary.
+    """
+    with demo_lock(demo_dir):
+        return generate_demo(demo_dir, seed=seed, scale=scale, force=force)
+
+
+def ensure_ingested_demo(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None,
+                         scale: str = "default") -> Path:
+    """The demo pretraining data: the demo (seed 0) and its archive ingested into ``dataset_dir``.
+
+    ``dataset_dir`` defaults to ``demo_dir/ingested``. Under the same lock as :func:`ensure_demo`:
+    generates the demo if it is incomplete, writes the fixed demo key next to the archive, and
+    ingests ``demo_dir/archive`` with :mod:`data_prep.ingest` (resumable: a finished run only
+    re-checks its inputs, a regenerated archive is re-ingested). Returns the datalist path.
+    """
+    from data_prep.ingest import load_secret_key, run_ingest
+
+    demo_dir = Path(demo_dir)
+    dataset_dir = demo_dir / "ingested" if dataset_dir is None else Path(dataset_dir)
+    with demo_lock(demo_dir):
+        generate_demo(demo_dir, seed=DEMO_SEED, scale=scale)
+        secret = demo_dir / "demo_secret.key"
+        if not secret.exists():
+            secret.write_text(DEMO_SECRET)
+        logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
+        run_ingest(demo_dir / "archive", dataset_dir, key=load_secret_key(secret), workers=1)
+    return dataset_dir / "datalist.json"
+
+
+def prepare_demo_dataset(dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike, scale: str = "default") -> str:
+    """The bundle configs' hook on ``dataset_dir``: returns it, after making the demo when it is a demo default.
+
+    * ``demo_dir/ingested`` (the pretrain bundle's default): :func:`ensure_ingested_demo`, every run.
+    * ``demo_dir/planes``, ``/fass`` or ``/jnu_ifm`` without a ``datalist.json``: :func:`ensure_demo`.
+    * anything else (a converted real dataset): nothing; the engines say what is missing.
+
+    ``scale`` is the demo size (``"tiny"`` in tests); the configs keep the default.
+    """
+    dataset_dir, demo_dir = Path(dataset_dir), Path(demo_dir)
+    target = dataset_dir.resolve()
+    if target == (demo_dir / "ingested").resolve():
+        ensure_ingested_demo(demo_dir, dataset_dir, scale=scale)
+    elif any(target == (demo_dir / part).resolve() for part in DEMO_PARTS):
+        if not (dataset_dir / "datalist.json").is_file():
+            logger.info("generating the demo data in %s", demo_dir)
+            ensure_demo(demo_dir, scale=scale)
+    return str(dataset_dir)
+
+
 def make_preview(out_dir: str | os.PathLike, png_path: str | os.PathLike) -> Path:
     """Render a 3 x 4 contact sheet of a generated demo: the six plane classes, FASS and JNU
     images with label overlays, and DICOM frames (decoded with pydicom) with their banners."""
@@ -444,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     started = time.perf_counter()
-    summary = generate_demo(args.out_dir, seed=args.seed, scale=args.scale, force=args.force)
+    summary = ensure_demo(args.out_dir, seed=args.seed, scale=args.scale, force=args.force)
     if args.preview:
         summary["preview"] = str(make_preview(args.out_dir, args.preview))
     summary["seconds"] = round(time.perf_counter() - started, 2)

@@ -36,9 +36,19 @@ from pydicom.uid import (
 )
 
 from data_prep.ingest.config import BannerPolicy, IngestConfig
-from data_prep.ingest.frames import NearDuplicateFilter, apply_crop, colour_fraction, is_doppler, to_output_mode
-from data_prep.ingest.pixels import FrameDecoder, PixelError, PixelSpec, to_uint8
-from data_prep.ingest.regions import CropBox, Region, clean_regions, decide_crop, parse_regions
+from data_prep.ingest.frames import NearDuplicateFilter, colour_fraction, is_doppler, to_output_mode
+from data_prep.ingest.regions import clean_regions
+from ultradino_monai.data.dicom import (
+    CropBox,
+    FrameDecoder,
+    PixelError,
+    PixelSpec,
+    Region,
+    apply_crop,
+    decide_crop,
+    parse_regions,
+    to_uint8,
+)
 
 warnings.filterwarnings("ignore", module="pydicom")
 CONFIG = IngestConfig()
@@ -363,7 +373,7 @@ def _region(x0, y0, x1, y1, data_type=1, fmt=1, dx=0.02623, dy=0.02623, units=(3
 
 
 def test_crop_bounds_are_inclusive_and_spacing_is_ten_delta():
-    decision = decide_crop([_region(32, 10, 335, 209)], rows=480, columns=640, policy=BannerPolicy())
+    decision = decide_crop([_region(32, 10, 335, 209)], rows=480, columns=640)
     assert decision.method == "region" and (decision.box.width, decision.box.height) == (304, 200)
     # docs/deidentification.md §3.2, CX50 OB: 0.02623 cm per pixel -> 0.2623 mm.
     assert decision.spacing_mm == pytest.approx((0.2623, 0.2623))
@@ -374,37 +384,39 @@ def test_crop_bounds_are_inclusive_and_spacing_is_ten_delta():
 
 def test_one_pixel_overshoot_is_clamped_but_more_is_stale():
     # OBXXXX1A-style off-by-one: MaxX1 == Columns.
-    clamped = decide_crop([_region(0, 60, 800, 518)], rows=600, columns=800, policy=BannerPolicy())
+    clamped = decide_crop([_region(0, 60, 800, 518)], rows=600, columns=800)
     assert clamped.method == "region" and clamped.box.x1 == 799
-    stale = decide_crop([_region(0, 60, 801, 518)], rows=600, columns=800, policy=BannerPolicy())
+    stale = decide_crop([_region(0, 60, 801, 518)], rows=600, columns=800)
     assert stale.method is None and stale.reason == "region_out_of_bounds"
 
 
 @pytest.mark.parametrize("name", ["examples_palette.dcm", "examples_ybr_color.dcm"])
 def test_stale_regions_of_pydicom_examples_are_quarantined(name):
     header = dcmread(local(name), stop_before_pixels=True)
-    decision = decide_crop(parse_regions(header), header.Rows, header.Columns, BannerPolicy())
+    decision = decide_crop(parse_regions(header), header.Rows, header.Columns)
     assert decision.method is None and decision.reason == "region_out_of_bounds"
-    masked = decide_crop(parse_regions(header), header.Rows, header.Columns, BannerPolicy.parse("mask-top-20"))
+    masked = decide_crop(parse_regions(header), header.Rows, header.Columns, mask_top_rows=20)
     assert masked.method == "mask-top" and masked.spacing_mm is None and masked.box == CropBox(0, 0, header.Columns - 1, header.Rows - 1)
 
 
 def test_region_choice_units_and_fallbacks():
     big, small = _region(0, 0, 199, 149), _region(10, 10, 59, 59, data_type=2)
-    assert decide_crop([small, big], 300, 300, BannerPolicy()).box == big.box
-    assert decide_crop([_region(0, 0, 20, 20)], 300, 300, BannerPolicy()).reason == "region_too_small"
-    assert decide_crop([_region(0, 0, 199, 149, fmt=3)], 300, 300, BannerPolicy()).reason == "no_tissue_region"
-    assert decide_crop([], 300, 300, BannerPolicy()).reason == "no_tissue_region"
-    assert decide_crop([_region(0, 0, 199, 149, units=(0, 0))], 300, 300, BannerPolicy()).spacing_mm is None
-    assert decide_crop([_region(0, 0, 199, 149, dx=0.02, dy=0.03)], 300, 300, BannerPolicy()).spacing_mm is None
-    assert decide_crop([], 30, 300, BannerPolicy.parse("mask-top-40")).reason == "mask_exceeds_image"
+    assert decide_crop([small, big], 300, 300).box == big.box
+    assert decide_crop([_region(0, 0, 20, 20)], 300, 300).reason == "region_too_small"
+    assert decide_crop([_region(0, 0, 199, 149, fmt=3)], 300, 300).reason == "no_tissue_region"
+    assert decide_crop([], 300, 300).reason == "no_tissue_region"
+    assert decide_crop([_region(0, 0, 199, 149, units=(0, 0))], 300, 300).spacing_mm is None
+    assert decide_crop([_region(0, 0, 199, 149, dx=0.02, dy=0.03)], 300, 300).spacing_mm is None
+    assert decide_crop([], 30, 300, mask_top_rows=40).reason == "mask_exceeds_image"
+    assert BannerPolicy.parse("mask-top-40") == BannerPolicy(kind="mask-top", rows=40)
+    assert BannerPolicy.parse("quarantine").rows == 0  # ingestion passes rows as decide_crop's mask_top_rows
     with pytest.raises(ValueError):
         BannerPolicy.parse("mask-top-x")
 
 
 def test_mask_top_blacks_out_banner_rows_in_rgb():
     frame = np.full((50, 40, 3), 200, np.uint8)
-    decision = decide_crop([], 50, 40, BannerPolicy.parse("mask-top-12"))
+    decision = decide_crop([], 50, 40, mask_top_rows=12)
     out = apply_crop(frame, decision)
     assert (out[:12] == 0).all() and (out[12:] == 200).all() and out.shape == frame.shape
 
@@ -422,7 +434,7 @@ def test_clean_regions_shift_with_crop_and_drop_outside():
         item.PatientName = "SHOULD^NOTCOPY"  # not a region attribute: never copied
         items.append(item)
     dataset.SequenceOfUltrasoundRegions = Sequence(items)
-    decision = decide_crop(parse_regions(dataset), 480, 640, BannerPolicy())
+    decision = decide_crop(parse_regions(dataset), 480, 640)
     cleaned = clean_regions(dataset, decision)
     assert len(cleaned) == 2  # the ECG strip below the crop is dropped
     first, second = cleaned

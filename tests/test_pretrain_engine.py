@@ -152,27 +152,3 @@ def test_optional_path_switches_off(value):
 
 def test_optional_path_keeps_a_path():
     assert pretrain.optional_path(" demo_data/planes/datalist.json ") == "demo_data/planes/datalist.json"
-
-
-def test_demo_preparation_waits_for_a_concurrent_preparer(tmp_path):
-    """Two runs sharing one demo folder must not both (re)generate it: the second waits for the lock."""
-    import fcntl
-    import subprocess
-    import sys
-    import time
-
-    demo_dir, ingested = tmp_path / "demo", tmp_path / "demo" / "ingested"
-    demo_dir.mkdir()
-    code = ("import sys; from ultradino_monai.engines.pretrain import prepare_demo_archive; "
-            "print(prepare_demo_archive(sys.argv[1], sys.argv[2], scale='tiny'))")
-    with open(demo_dir / ".prepare.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        waiting = subprocess.Popen([sys.executable, "-c", code, str(demo_dir), str(ingested)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(4)
-        assert waiting.poll() is None, "prepare_demo_archive ran although another process held the lock"
-        assert not (demo_dir / "demo_complete.json").exists()
-    out, err = waiting.communicate(timeout=300)
-    assert waiting.returncode == 0, err[-2000:]
-    assert out.strip().endswith("datalist.json")
-    assert (ingested / "datalist.json").is_file() and (demo_dir / "demo_complete.json").is_file()

@@ -200,7 +200,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     from ultradino_monai.engines import segmentation as seg
 
     with pytest.raises(FileNotFoundError, match="python -m data_prep.fass"):
-        seg.prepare_segmentation_data(tmp_path / "nowhere", tmp_path / "demo")
+        seg.segmentation_datalist(tmp_path / "nowhere")
 
 
 # --------------------------------------------------------------------------- slow: pretrained vs random init

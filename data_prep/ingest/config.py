@@ -16,29 +16,13 @@ from typing import Mapping
 
 from pydicom import uid as _uid
 
-__all__ = ["BannerPolicy", "IngestConfig", "DEFAULT_DECODER_PLUGINS", "ConfigError"]
+from ultradino_monai.data.dicom import DEFAULT_DECODER_PLUGINS
+
+__all__ = ["BannerPolicy", "IngestConfig", "ConfigError"]
 
 
 class ConfigError(ValueError):
     """An ingest option has an unusable value; the message says which and why."""
-
-
-# One decoder plugin per compressed transfer syntax, so the same file always
-# decodes to the same pixels (reference §3.3: Pillow and pylibjpeg differ by up to
-# 3 grey levels on YBR JPEG).  Pillow (libjpeg-turbo) is the fast path for 8-bit
-# JPEG baseline; it cannot decode 12-bit JPEG, lossless JPEG or JPEG-LS, which go
-# to pylibjpeg (libjpeg / CharLS-compatible), and J2K goes to pylibjpeg-openjpeg.
-DEFAULT_DECODER_PLUGINS: dict[str, str] = {
-    _uid.JPEGBaseline8Bit: "pillow",
-    _uid.JPEGExtended12Bit: "pylibjpeg",
-    _uid.JPEGLossless: "pylibjpeg",
-    _uid.JPEGLosslessSV1: "pylibjpeg",
-    _uid.JPEGLSLossless: "pylibjpeg",
-    _uid.JPEGLSNearLossless: "pylibjpeg",
-    _uid.JPEG2000Lossless: "pylibjpeg",
-    _uid.JPEG2000: "pylibjpeg",
-    _uid.RLELossless: "pydicom",
-}
 
 
 @dataclass(frozen=True)
@@ -96,7 +80,8 @@ class IngestConfig:
         date_shift_min_days / date_shift_span_days: offsets are
             ``-(min + h mod span)`` days (reference §1.5, span >= 1 year).
         png_compress_level: zlib level for PNG output (0-9); only speed/size.
-        decoder_plugins: transfer syntax UID -> pydicom decoding plugin name.
+        decoder_plugins: transfer syntax UID -> pydicom decoding plugin name (default:
+            :data:`ultradino_monai.data.dicom.DEFAULT_DECODER_PLUGINS`).
     """
 
     frame_stride: int = 1

@@ -1,4 +1,6 @@
-"""Per-frame cleaning and selection: crop/mask, Doppler flag, grey collapse, near-duplicates.
+"""Per-frame selection after the crop: Doppler flag, grey collapse, near-duplicates.
+
+The crop itself is :func:`ultradino_monai.data.dicom.apply_crop`.
 
 Reference ``dicom_deidentification.md`` §3.3: a frame is colour Doppler when a
 high fraction of its pixels has a channel spread (max - min) above ~25 grey
@@ -12,30 +14,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .regions import CropDecision
-
-__all__ = ["apply_crop", "colour_fraction", "is_doppler", "to_output_mode", "NearDuplicateFilter", "thumbnail"]
+__all__ = ["colour_fraction", "is_doppler", "to_output_mode", "NearDuplicateFilter", "thumbnail"]
 
 THUMBNAIL_SIZE = 64
-
-
-def apply_crop(frame: np.ndarray, decision: CropDecision) -> np.ndarray:
-    """Crop to the chosen region, or black out the banner rows (mask-top policy).
-
-    Args:
-        frame: uint8 (H, W) or (H, W, 3), already RGB (never YCbCr, where 0 is green).
-        decision: from :func:`regions.decide_crop` with a method set.
-    Returns:
-        a new contiguous uint8 array.
-    """
-    if decision.method == "region" and decision.box is not None:
-        box = decision.box
-        return np.ascontiguousarray(frame[box.y0 : box.y1 + 1, box.x0 : box.x1 + 1])
-    if decision.method == "mask-top":
-        out = frame.copy()
-        out[: decision.mask_rows] = 0
-        return out
-    raise ValueError("apply_crop needs a decision with method 'region' or 'mask-top'")
 
 
 def colour_fraction(frame: np.ndarray, chroma: int) -> float:

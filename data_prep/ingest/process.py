@@ -30,6 +30,16 @@ from pydicom.filewriter import dcmwrite
 from pydicom.pixels import get_decoder
 from pydicom.uid import AllTransferSyntaxes, UID, ExplicitVRLittleEndian
 
+from ultradino_monai.data.dicom import (
+    CropDecision,
+    FrameDecoder,
+    PixelError,
+    PixelSpec,
+    apply_crop,
+    decide_crop,
+    parse_regions,
+)
+
 from . import annex_e
 from .atomic import atomic_write_bytes, encode_png
 from .config import IngestConfig
@@ -43,11 +53,10 @@ from .deid import (
     classify_sop_class,
 )
 from .discovery import InputItem
-from .frames import NearDuplicateFilter, apply_crop, is_doppler, to_output_mode
+from .frames import NearDuplicateFilter, is_doppler, to_output_mode
 from .keys import Pseudonymizer
 from .ocr import OcrEngine, PhiTextDetector, header_tokens
-from .pixels import FrameDecoder, PixelError, PixelSpec
-from .regions import CropDecision, clean_regions, decide_crop, parse_regions
+from .regions import clean_regions
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +284,7 @@ def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: di
         parse_regions(header),
         spec.rows,
         spec.columns,
-        config.banner_policy,
+        mask_top_rows=config.banner_policy.rows,
         tolerance=config.region_tolerance_px,
         min_size=config.min_region_px,
     )

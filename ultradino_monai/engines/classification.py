@@ -70,32 +70,19 @@ _PNG_SUFFIXES = (".png",)
 
 
 # ------------------------------------------------------------------------------ data
-def resolve_datalist(
-    dataset_dir: str | os.PathLike,
-    demo_dir: str | os.PathLike | None = None,
-    split_file: str | os.PathLike | None = None,
-    seed: int = 0,
-) -> str:
+def resolve_datalist(dataset_dir: str | os.PathLike, split_file: str | os.PathLike | None = None) -> str:
     """The datalist (or split file) the run reads.
 
     ``split_file`` wins when given (a file from :mod:`ultradino_monai.data.splits`). Otherwise
-    ``dataset_dir/datalist.json``; when ``dataset_dir`` is the demo default
-    (``demo_dir/planes``) the demo data is generated first with
-    :func:`data_prep.demo.generate_demo` (skipped when already there).
+    ``dataset_dir/datalist.json``, which must exist: the bundle configs make the demo data
+    first (``data_prep.demo``) when ``dataset_dir`` is the demo default.
     """
     if split_file not in (None, "", "None"):
         path = Path(split_file)
         if not path.is_file():
             raise DatalistError(f"split file not found: {path}")
         return str(path)
-    dataset_dir = Path(dataset_dir)
-    datalist = dataset_dir / "datalist.json"
-    if demo_dir is not None and dataset_dir.resolve() == (Path(demo_dir) / "planes").resolve():
-        if not datalist.is_file():
-            from data_prep.demo import generate_demo
-
-            logger.info("generating the demo data in %s", demo_dir)
-            generate_demo(Path(demo_dir).resolve(), seed=int(seed))
+    datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.is_file():
         raise DatalistError(
             f"{datalist} not found. Convert FETAL_PLANES_DB first: "
@@ -715,7 +702,7 @@ def inference_items(input_dir: str | os.PathLike, max_frames_per_file: int | Non
 def _dicom_frame_count(path: Path) -> int:
     from pydicom import dcmread
 
-    from data_prep.ingest.pixels import PixelSpec
+    from ultradino_monai.data.dicom import PixelSpec
 
     header = dcmread(path, stop_before_pixels=True)
     return PixelSpec.from_header(header).frames
@@ -724,18 +711,15 @@ def _dicom_frame_count(path: Path) -> int:
 def decode_dicom_frame(path: str | os.PathLike, frame: int) -> np.ndarray:
     """One frame of an ultrasound DICOM as uint8 ``[H, W]`` or ``[H, W, 3]``, cropped to the image region.
 
-    Decoding, photometric conversion and the crop to the largest 2D tissue region of
-    ``SequenceOfUltrasoundRegions`` are data_prep.ingest's (``PixelSpec``, ``FrameDecoder``,
-    ``decide_crop``, ``apply_crop``), so inference sees the pixels the ingested training
-    frames were made of. A file without a usable region is classified on the whole frame
-    (with a warning): inference writes no pixels, so the banner does not leave the machine.
+    Decoding (with the pinned decoder plugins), photometric conversion and the crop to the
+    largest 2D tissue region of ``SequenceOfUltrasoundRegions`` are :mod:`ultradino_monai.data.dicom`'s,
+    the code ingestion uses, so inference sees the pixels the ingested training frames were
+    made of. A file without a usable region is classified on the whole frame (with a
+    warning): inference writes no pixels, so the banner does not leave the machine.
     """
     from pydicom import dcmread
 
-    from data_prep.ingest.config import BannerPolicy, IngestConfig
-    from data_prep.ingest.frames import apply_crop
-    from data_prep.ingest.pixels import FrameDecoder, PixelSpec
-    from data_prep.ingest.regions import decide_crop, parse_regions
+    from ultradino_monai.data.dicom import FrameDecoder, PixelSpec, apply_crop, decide_crop, parse_regions
 
     path = Path(path)
     with open(path, "rb") as stream:
@@ -743,9 +727,9 @@ def decode_dicom_frame(path: str | os.PathLike, frame: int) -> np.ndarray:
         spec = PixelSpec.from_header(header)
         if not 0 <= frame < spec.frames:
             raise IndexError(f"{path}: frame {frame} out of range (the file has {spec.frames})")
-        decoder = FrameDecoder(stream, header, spec, IngestConfig().plugin_for(spec.transfer_syntax))
+        decoder = FrameDecoder(stream, header, spec)
         _, pixels = next(iter(decoder.frames([frame])))
-    decision = decide_crop(parse_regions(header), spec.rows, spec.columns, BannerPolicy())
+    decision = decide_crop(parse_regions(header), spec.rows, spec.columns)
     if decision.method == "region":
         return apply_crop(pixels, decision)
     logger.warning("%s: no usable ultrasound region (%s); classifying the whole frame", path.name, decision.reason)
@@ -812,7 +796,7 @@ class ProbabilityCSVWriter:
             )
 
     def _write(self, engine: Engine) -> None:
-        from data_prep.convert_common import write_text_atomic
+        from ultradino_monai.data.datalist import write_text_atomic
 
         buffer = io.StringIO()
         writer = csv.writer(buffer)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,6 +29,7 @@ __all__ = [
     "StopAtIteration",
     "extract_features",
     "is_main_process",
+    "latest_checkpoint",
 ]
 
 
@@ -103,6 +106,23 @@ class StopAtIteration:
             engine.terminate()
 
 
+_CHECKPOINT_PATTERN = re.compile(r"^checkpoint\D*?(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """Path of the checkpoint with the highest iteration in ``ckpt_dir``; a clear error if none."""
+    candidates = []
+    for path in glob.glob(os.path.join(str(ckpt_dir), "*.pt")):
+        match = _CHECKPOINT_PATTERN.search(os.path.basename(path))
+        if match:
+            candidates.append((int(match.group(1)), path))
+    if not candidates:
+        raise FileNotFoundError(
+            f"--resume was given but {ckpt_dir} holds no checkpoint_*<iteration>.pt; start without --resume"
+        )
+    return max(candidates)[1]
+
+
 class ResumeFromLatest:
     """Restore a run from the newest ``checkpoint_*<iteration>.pt`` in ``ckpt_dir`` at ``STARTED``.
 
@@ -122,8 +142,6 @@ class ResumeFromLatest:
         if not self.enabled:
             return
         from monai.handlers import CheckpointLoader
-
-        from ultradino_monai.engines.pretrain import latest_checkpoint
 
         path = latest_checkpoint(self.ckpt_dir)
         logger.info("resuming from %s", path)

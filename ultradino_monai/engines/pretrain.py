@@ -1,4 +1,4 @@
-"""Builders the pretrain bundle's configs call: models, optimiser, data, demo data, export.
+"""Builders the pretrain bundle's configs call: models, optimiser, data, export.
 
 Each function does one thing so ``bundles/pretrain/configs/train.json`` reads like the recipe.
 """
@@ -6,12 +6,8 @@ Each function does one thing so ``bundles/pretrain/configs/train.json`` reads li
 from __future__ import annotations
 
 import copy
-import fcntl
-import glob
-import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +19,7 @@ from torch import nn
 from ultradino_monai.data.datalist import load_datalist, read_datalist
 from ultradino_monai.data.sampling import InfiniteSeededSampler, SeededTransformDataset
 from ultradino_monai.engines.config_values import as_bool, optional_path
-from ultradino_monai.engines.handlers import is_main_process
+from ultradino_monai.engines.handlers import is_main_process, latest_checkpoint
 from ultradino_monai.networks.checkpoints import save_backbone
 from ultradino_monai.networks.dino_model import DinoModel
 from ultradino_monai.ssl import MultiCropMaskCollate, fuse_params_groups, get_params_groups_with_decay
@@ -41,7 +37,7 @@ __all__ = [
     "load_checkpoint",
     "epoch_length_for",
     "per_device_batch_size",
-    "prepare_pretraining_data",
+    "pretraining_datalist",
     "report_outputs",
     "build_optimizer",
     "export_teacher_backbone",
@@ -49,11 +45,7 @@ __all__ = [
     "latest_checkpoint",
     "make_teacher",
     "pretrain_dataloader",
-    "prepare_demo_archive",
 ]
-
-DEMO_SECRET = "ultradino-demo-key: synthetic data only, never use for patient data\n"
-
 
 def make_teacher(student: DinoModel) -> DinoModel:
     """The teacher starts as an exact copy of the student, frozen and in eval mode (docs/recipe.md §2.2)."""
@@ -180,50 +172,6 @@ def num_classes_of(datalist: str | os.PathLike) -> int:
     return len(classes)
 
 
-def prepare_demo_archive(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike, scale: str = "default") -> Path:
-    """Make sure the demo pretraining data exists: synthetic DICOM archive → ingestion.
-
-    Generates ``demo_dir`` with :func:`data_prep.demo.generate_demo` if it is incomplete and
-    ingests ``demo_dir/archive`` into ``dataset_dir`` with :mod:`data_prep.ingest` (using a
-    fixed demo key written next to the archive). Both steps skip work that is already done.
-    Returns the datalist path.
-    """
-    from data_prep.demo import generate_demo
-    from data_prep.ingest import load_secret_key, run_ingest
-
-    demo_dir, dataset_dir = Path(demo_dir), Path(dataset_dir)
-    demo_dir.mkdir(parents=True, exist_ok=True)
-    # runs started side by side (a sweep, torchrun ranks) share one demo folder: one prepares, the others wait
-    with open(demo_dir / ".prepare.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # the demo data always uses its own seed 0: the training seed must not regenerate the shared demo
-        generate_demo(demo_dir, scale=scale)
-        secret = demo_dir / "demo_secret.key"
-        if not secret.exists():
-            secret.write_text(DEMO_SECRET)
-        # ingestion is resumable: a finished run only re-checks its inputs, a regenerated archive is re-ingested
-        logger.info("ingesting the demo archive %s into %s", demo_dir / "archive", dataset_dir)
-        run_ingest(demo_dir / "archive", dataset_dir, key=load_secret_key(secret), workers=1)
-    return dataset_dir / "datalist.json"
-
-
-_CHECKPOINT_PATTERN = re.compile(r"^checkpoint\D*?(\d+)\.pt$")
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
-    """Path of the checkpoint with the highest iteration in ``ckpt_dir``; a clear error if none."""
-    candidates = []
-    for path in glob.glob(os.path.join(str(ckpt_dir), "*.pt")):
-        match = _CHECKPOINT_PATTERN.search(os.path.basename(path))
-        if match:
-            candidates.append((int(match.group(1)), path))
-    if not candidates:
-        raise FileNotFoundError(
-            f"--resume was given but {ckpt_dir} holds no checkpoint_*<iteration>.pt; start without --resume"
-        )
-    return max(candidates)[1]
-
-
 def export_teacher_backbone(teacher: DinoModel, path: str | os.PathLike, mean: Sequence[float],
                             std: Sequence[float], extra_info: dict | None = None) -> str:
     """Write the teacher backbone per docs/design.md contract 4 (``backbone.pt`` + ``backbone.json``), rank 0 only."""
@@ -245,17 +193,14 @@ def configure_run(seed: int = 0, deterministic: bool | str = False) -> None:
     logger.info("seed %d, deterministic algorithms %s", seed, "on" if deterministic else "off")
 
 
-def prepare_pretraining_data(dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike) -> str:
-    """Return ``dataset_dir/datalist.json``, creating the demo data first when ``dataset_dir`` is the demo default.
+def pretraining_datalist(dataset_dir: str | os.PathLike) -> str:
+    """Return ``dataset_dir/datalist.json``, which must exist.
 
-    A real archive must be ingested beforehand with ``python -m data_prep.ingest``; a missing
-    datalist there is an error that says so.
+    A real archive is ingested beforehand with ``python -m data_prep.ingest``; the bundle
+    config makes and ingests the demo archive first (``data_prep.demo``) when ``dataset_dir``
+    is the demo default. A missing datalist is an error that says so.
     """
-    dataset_dir, demo_dir = Path(dataset_dir), Path(demo_dir)
-    datalist = dataset_dir / "datalist.json"
-    is_demo = dataset_dir.resolve() == (demo_dir / "ingested").resolve()
-    if is_demo:
-        return str(prepare_demo_archive(demo_dir, dataset_dir))
+    datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.is_file():
         raise FileNotFoundError(
             f"{datalist} not found. Ingest the DICOM archive first: "

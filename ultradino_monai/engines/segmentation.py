@@ -77,7 +77,7 @@ __all__ = [
     "file_sha256",
     "labels_of",
     "load_segmenter",
-    "prepare_segmentation_data",
+    "segmentation_datalist",
     "read_model_spec",
     "resolve_normalization",
     "segmentation_loss",
@@ -128,25 +128,15 @@ def default_pretrained(path: str | os.PathLike | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- data
-def prepare_segmentation_data(
-    dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike, demo_dataset: str = "fass", seed: int = 0
-) -> str:
-    """Return ``dataset_dir/datalist.json``; generate the demo data first when ``dataset_dir`` is the demo default.
+def segmentation_datalist(dataset_dir: str | os.PathLike) -> str:
+    """Return ``dataset_dir/datalist.json``, which must exist.
 
     Real datasets are converted beforehand (``python -m data_prep.fass`` / ``data_prep.jnu_ifm``);
-    a missing datalist there is an error that says so.
+    the bundle configs make the demo data first (``data_prep.demo``) when ``dataset_dir`` is the
+    demo default. A missing datalist is an error that says so.
     """
-    dataset_dir, demo_dir = Path(dataset_dir), Path(demo_dir)
-    datalist = dataset_dir / "datalist.json"
+    datalist = Path(dataset_dir) / "datalist.json"
     if datalist.is_file():
-        return str(datalist)
-    if dataset_dir.resolve() == (demo_dir / demo_dataset).resolve():
-        from data_prep.demo import generate_demo
-
-        logger.info("generating the demo data in %s (seed %d)", demo_dir, seed)
-        generate_demo(demo_dir, seed=seed)
-        if not datalist.is_file():
-            raise FileNotFoundError(f"data_prep.demo.generate_demo({str(demo_dir)!r}) wrote no {datalist}")
         return str(datalist)
     raise FileNotFoundError(
         f"{datalist} not found. Convert the dataset first, e.g. python -m data_prep.fass RAW_DIR {dataset_dir} "

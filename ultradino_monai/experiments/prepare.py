@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
-from ultradino_monai.experiments.spec import ExperimentSpec, SpecError
+import os
+from pathlib import Path
 
-__all__ = ["prepare_datasets"]
+from ultradino_monai.experiments.spec import REPO_ROOT, ExperimentSpec, SpecError
+
+__all__ = ["make_demo_data", "prepare_datasets"]
+
+
+def make_demo_data(demo_dir: str | os.PathLike) -> None:
+    """Run ``python -m data_prep.demo DEMO_DIR`` (locked, seed 0, skipped when complete) in a subprocess.
+
+    The runner drives the data-preparation wing through its command line, as it drives the
+    bundles and nnU-Net: the library never imports ``data_prep``. The command's JSON summary
+    goes to the log; a failure raises :class:`SpecError` with the end of its output.
+    """
+    import logging
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "data_prep.demo", str(Path(demo_dir).resolve())]
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-25:])
+        raise SpecError(f"{' '.join(command)} failed (exit code {completed.returncode}):\n{tail}")
+    logging.getLogger(__name__).debug("demo data: %s", completed.stdout)
 
 
 def prepare_datasets(spec: ExperimentSpec) -> None:
@@ -14,10 +36,8 @@ def prepare_datasets(spec: ExperimentSpec) -> None:
     log = logging.getLogger(__name__)
     for dataset in spec.datasets.values():
         if dataset.demo_dir is not None and not dataset.datalist.is_file():
-            from data_prep.demo import generate_demo
-
             log.info("generating the demo data in %s", dataset.demo_dir)
-            generate_demo(dataset.demo_dir.resolve(), seed=0)
+            make_demo_data(dataset.demo_dir)
         if not dataset.datalist.is_file():
             raise SpecError(f"datasets.{dataset.name}.datalist: file not found: {dataset.datalist}")
         if dataset.splits is not None:
