@@ -395,8 +395,11 @@ def demo_lock(demo_dir: str | os.PathLike) -> Iterator[Path]:
     is not re-entrant: do not call another locking function of this module inside it.
     """
     demo_dir = Path(demo_dir)
+    if demo_dir.exists() and not demo_dir.is_dir():
+        raise NotADirectoryError(f"demo output {demo_dir} exists and is not a folder")
     demo_dir.mkdir(parents=True, exist_ok=True)
-    with open(demo_dir / LOCK_FILE, "w") as lock:
+    # append mode: taking the lock never rewrites the file
+    with open(demo_dir / LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield demo_dir
