@@ -50,15 +50,27 @@ def test_command_line_and_ingested_demo_wait_for_the_lock(tmp_path):
     """Runs sharing one demo folder never generate into it together: both wait for the holder of the lock."""
     root = tmp_path / "demo"
     root.mkdir()
-    ingest = ("import sys; from data_prep.demo import ensure_ingested_demo; "
-              "print(ensure_ingested_demo(sys.argv[1], scale='tiny'))")
+    ingest = (
+        "import sys; from data_prep.demo import ensure_ingested_demo; "
+        "print(ensure_ingested_demo(sys.argv[1], scale='tiny'))"
+    )
     with open(root / demo.LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         waiting = [
-            subprocess.Popen([sys.executable, "-m", "data_prep.demo", str(root), "--scale", "tiny"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-            subprocess.Popen([sys.executable, "-c", ingest, str(root)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            subprocess.Popen(
+                [sys.executable, "-m", "data_prep.demo", str(root), "--scale", "tiny"],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-c", ingest, str(root)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
         ]
         time.sleep(4)
         assert [process.poll() for process in waiting] == [None, None], "a process ran although the lock was held"

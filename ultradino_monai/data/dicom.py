@@ -34,8 +34,9 @@ Regions (PS3.3 C.8.5.5, US Region Calibration module, ``SequenceOfUltrasoundRegi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 from pydicom import uid as _uid
@@ -132,7 +133,7 @@ class PixelSpec:
     transfer_syntax: str
 
     @classmethod
-    def from_header(cls, dataset: Dataset) -> "PixelSpec":
+    def from_header(cls, dataset: Dataset) -> PixelSpec:
         """Validate the Image Pixel module; raises :class:`PixelError` with a reason code."""
         meta = getattr(dataset, "file_meta", None)
         transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
@@ -287,7 +288,7 @@ class CropBox:
     def height(self) -> int:
         return self.y1 - self.y0 + 1
 
-    def contains(self, other: "CropBox") -> bool:
+    def contains(self, other: CropBox) -> bool:
         return self.x0 <= other.x0 and self.y0 <= other.y0 and other.x1 <= self.x1 and other.y1 <= self.y1
 
 
