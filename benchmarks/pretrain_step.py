@@ -34,6 +34,7 @@ from ultradino_monai.engines.dino_trainer import DinoTrainer
 from ultradino_monai.networks.dino_model import DinoModel
 from ultradino_monai.networks.heads import DINOHead
 from ultradino_monai.networks.vit import build_vit
+from ultradino_monai.optim import build_adamw
 from ultradino_monai.ssl import DINOLoss, KoLeoLoss, MultiCropMaskCollate, build_dino_schedules, iBOTPatchLoss
 
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         backbone = build_vit(args.arch, patch_size=16, img_size=args.global_size, drop_path_rate=0.3)
         student = DinoModel(backbone, DINOHead(backbone.embed_dim, args.prototypes)).to(device)
         teacher = pretrain.make_teacher(student)
-        optimizer = pretrain.build_optimizer(student)
+        optimizer = build_adamw(student, lr=0.0, weight_decay=0.0, layer_decay_rate=0.9, patch_embed_lr_mult=0.2)
         epochs, epoch_length = 2, args.steps + args.warmup + 1
         schedules = build_dino_schedules(0.004, args.batch, epochs, epoch_length, 0, 1e-6, 0.04, 0.4, 0.992, 1.0,
                                          0.07, 0.04, 0, 0)

@@ -9,9 +9,9 @@
   refused with :class:`UnsafeArchiveError` instead of being half-read.
   Nested zips are copied, under a name chosen here, into a private work folder
   inside the output directory and removed on exit.
-* :func:`read_png_array` / :func:`to_grayscale` / :func:`write_png_atomic`:
-  decode PNG bytes, reduce grey-content RGB to one channel, and write 8-bit PNGs
-  through a temporary file and ``os.replace`` so a reader never sees half a file.
+* :func:`read_png_array` / :func:`to_grayscale`: decode PNG bytes and reduce
+  grey-content RGB to one channel (the converters write the results with
+  :func:`ultradino_monai.utils.files.write_png_atomic`).
 * :func:`check_counts` compares what was found with what the dataset paper
   documents and raises :class:`CountMismatchError` naming every difference and
   the command-line switches that relax the check.
@@ -38,8 +38,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from ultradino_monai.data.datalist import atomic_write, write_text_atomic  # noqa: F401 (re-exported)
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -52,8 +50,6 @@ __all__ = [
     "check_output_outside_input",
     "read_png_array",
     "to_grayscale",
-    "write_png_atomic",
-    "write_text_atomic",
     "BT601_WEIGHTS",
 ]
 
@@ -329,15 +325,6 @@ def to_grayscale(array: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
         luma = rgb.astype(np.float64) @ np.asarray(BT601_WEIGHTS)
         return np.clip(np.rint(luma), 0, 255).astype(np.uint8), True
     raise ConversionError(f"{what}: unsupported image shape {array.shape}; expected H x W or H x W x 1/3/4")
-
-
-def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a ``[H, W]`` uint8 array as an 8-bit single-channel PNG (mode "L"), atomically."""
-    if array.ndim != 2 or array.dtype != np.uint8:
-        raise ValueError(f"write_png_atomic expects a 2-D uint8 array, got {array.dtype} {array.shape}")
-    # A 2-D uint8 array always becomes mode "L" (Pillow deprecated the explicit mode argument).
-    image = Image.fromarray(np.ascontiguousarray(array))
-    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def check_counts(found: Mapping[str, int], expected: Mapping[str, int | None], hint: str) -> None:

@@ -46,7 +46,8 @@ from PIL import Image
 
 from data_prep.dicom_synth import ArchiveConfig, write_archive
 from data_prep.phantom import FASS_LABELS, INTRAPARTUM, JNU_LABELS, PLANE_CLASSES, render_plane, render_sequence
-from ultradino_monai.data.datalist import atomic_write, read_datalist, write_datalist, write_json_atomic
+from ultradino_monai.data.datalist import read_datalist, write_datalist
+from ultradino_monai.utils.files import write_bytes_atomic, write_json_atomic, write_png_atomic
 from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -117,16 +118,8 @@ def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(stream), int(index)])
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 (H, W) array as an 8-bit single-channel PNG, atomically; Pillow adds no timestamp.
-
-    zlib level 1: about as small as the default on speckle images, and several times faster.
-    """
-    if array.dtype != np.uint8 or array.ndim != 2:
-        raise ValueError(f"expected a uint8 (H, W) array for {path}, got {array.dtype} {array.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(array, "L").save(buffer, format="PNG", compress_level=1)
-    atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
+# zlib level 1 for the demo PNGs: about as small as the default on speckle images, and several times faster.
+PNG_COMPRESS_LEVEL = 1
 
 
 def split_patients(patients: Sequence[str], rng: np.random.Generator, fractions=(0.6, 0.2, 0.2),
@@ -210,7 +203,7 @@ def generate_planes(out_dir: Path, seed: int, scale: DemoScale) -> dict:
             shape = scale.plane_shapes[int(rng.integers(0, len(scale.plane_shapes)))]
             image = render_plane(PLANE_CLASSES[label], rng, shape, with_label=False).image
             name = f"{patient}_img{j + 1:02d}.png"
-            write_png(root / "images" / name, image)
+            write_png_atomic(root / "images" / name, image, compress_level=PNG_COMPRESS_LEVEL)
             items.append({"image": f"images/{name}", "label": int(label), "patient": patient})
             count += 1
     assignment = split_patients(list(strata), _rng(seed, 12), scale.split, strata)
@@ -231,8 +224,8 @@ def generate_fass(out_dir: Path, seed: int, scale: DemoScale) -> dict:
                                  with_label=True, max_rock_lines=10)
         for j, frame in enumerate(frames):
             name = f"{patient}_{j + 1:02d}.png"
-            write_png(root / "images" / name, frame.image)
-            write_png(root / "labels" / name, frame.label)
+            write_png_atomic(root / "images" / name, frame.image, compress_level=PNG_COMPRESS_LEVEL)
+            write_png_atomic(root / "labels" / name, frame.label, compress_level=PNG_COMPRESS_LEVEL)
             items.append({"image": f"images/{name}", "label": f"labels/{name}", "patient": patient})
     assignment = split_patients([it["patient"] for it in items], _rng(seed, 21), scale.split)
     sections = _sections(items, assignment)
@@ -261,8 +254,8 @@ def generate_jnu(out_dir: Path, seed: int, scale: DemoScale) -> dict:
         frames = render_sequence(INTRAPARTUM, _rng(seed, 31, v), scale.jnu_frames, scale.jnu_shape, with_label=True)
         for k, frame in enumerate(frames):
             name = f"{video}_{k + 1:04d}.png"
-            write_png(root / "images" / name, frame.image)
-            write_png(root / "labels" / name, frame.label)
+            write_png_atomic(root / "images" / name, frame.image, compress_level=PNG_COMPRESS_LEVEL)
+            write_png_atomic(root / "labels" / name, frame.label, compress_level=PNG_COMPRESS_LEVEL)
             items.append({"image": f"images/{name}", "label": f"labels/{name}",
                           "patient": patient, "video": video})
     assignment = split_patients([it["patient"] for it in items], _rng(seed, 32), scale.split)
@@ -520,7 +513,7 @@ def make_preview(out_dir: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    atomic_write(png_path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
+    write_bytes_atomic(png_path, buffer.getvalue())
     return png_path
 
 

@@ -87,10 +87,9 @@ from data_prep.convert_common import (
     check_output_outside_input,
     read_png_array,
     to_grayscale,
-    write_png_atomic,
-    write_text_atomic,
 )
-from ultradino_monai.data.datalist import DatalistError, write_datalist, write_json_atomic
+from ultradino_monai.data.datalist import DatalistError, write_datalist
+from ultradino_monai.utils.files import write_json_atomic, write_png_atomic, write_text_atomic
 from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)

@@ -74,9 +74,9 @@ from data_prep.convert_common import (
     SourceTree,
     check_counts,
     check_output_outside_input,
-    write_png_atomic,
 )
-from ultradino_monai.data.datalist import DatalistError, write_datalist, write_json_atomic
+from ultradino_monai.data.datalist import DatalistError, write_datalist
+from ultradino_monai.utils.files import write_json_atomic, write_png_atomic
 from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -341,7 +341,12 @@ def convert_fetal_planes(
         write_splits: also write ``out/splits``.
         workers: threads decoding / encoding images.
     """
-    from ultradino_monai.data.splits import check_patient_disjoint, holdout_splits, patient_grouped_split, write_split_file
+    from ultradino_monai.data.splits import (
+        check_patient_disjoint,
+        holdout_splits,
+        patient_grouped_split,
+        write_split_file,
+    )
 
     raw, out = Path(raw), Path(out)
     check_output_outside_input(raw, out)

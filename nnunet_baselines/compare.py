@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ultradino_monai.data.datalist import write_text_atomic
+from ultradino_monai.utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -56,9 +56,9 @@ from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic, write_png_atomic
-
 from nnunet_baselines.environment import check_nnunet_version, configure_environment
+from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist
+from ultradino_monai.utils.files import sha256_file, write_json_atomic, write_png_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +109,6 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     if not _DATASET_NAME.match(str(name)):
         raise ExportError(f"dataset name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]* (it becomes a folder name)")
     return f"Dataset{dataset_id:03d}_{name}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _image_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -361,7 +353,7 @@ def export_dataset(
         "dataset_id": dataset_id,
         "dataset_folder": folder,
         "datalist": str(datalist),
-        "datalist_sha256": _sha256(datalist),
+        "datalist_sha256": sha256_file(datalist),
         "image_size": list(size),
         "bit_depth": bit_depth,
         "pixels_sha256": pixels.hexdigest(),

@@ -30,10 +30,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ultradino_monai.data.datalist import write_json_atomic
-
 from nnunet_baselines.environment import check_nnunet_version, configure_environment
-from nnunet_baselines.export import ExportError, _sha256, load_manifest, split_case_ids
+from nnunet_baselines.export import ExportError, load_manifest, split_case_ids
+from ultradino_monai.utils.files import sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def _manifest_sha256(workdir: str | os.PathLike, dataset_id: int) -> str:
     from nnunet_baselines.export import MANIFEST_NAME
 
     dataset_dir, _ = load_manifest(workdir, dataset_id)
-    return _sha256(dataset_dir / MANIFEST_NAME)
+    return sha256_file(dataset_dir / MANIFEST_NAME)
 
 
 def planned_identifier(workdir: str | os.PathLike, dataset_id: int) -> str:
@@ -149,7 +148,7 @@ def verify_splits_final(
     split_file = Path(entry["split_file"])
     if not split_file.is_file():
         raise SplitMismatchError(f"split file of fold {fold} is gone: {split_file}")
-    if _sha256(split_file) != entry["split_sha256"]:
+    if sha256_file(split_file) != entry["split_sha256"]:
         raise SplitMismatchError(f"{split_file} changed since `export`; export and plan again")
     truth = split_case_ids(split_file)
     for ours, theirs in (("train", "train"), ("val", "val")):

@@ -40,12 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import write_json_atomic
-
 from nnunet_baselines.environment import check_nnunet_version, configure_environment, select_device
 from nnunet_baselines.export import FILE_ENDING, ExportError, load_manifest
 from nnunet_baselines.plan import CONFIGURATION, _plans, verify_splits_final
 from nnunet_baselines.score import DEFAULT_TRAINER, build_record, score_folder
+from ultradino_monai.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

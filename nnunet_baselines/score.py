@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import DatalistError, load_datalist
-
 from nnunet_baselines.export import FILE_ENDING, case_id
+from ultradino_monai.data.datalist import DatalistError, load_datalist
+from ultradino_monai.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +143,6 @@ def score_folder(
     return result
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    from ultradino_monai.evaluation.aggregate import sha256_file
-
-    return sha256_file(path)
-
-
 def build_record(
     dice: Mapping[str, Any],
     labels: Mapping[str, int],
@@ -201,7 +195,7 @@ def build_record(
         draw=split.get("draw"),
         split_sha256=split["sha256"],
         model=None if model is None else str(model),
-        model_sha256=None if model is None else _sha256(model),
+        model_sha256=None if model is None else sha256_file(model),
         backbone_source="scratch",
         image_size=None if image_size is None else [int(v) for v in image_size],
         budget_detail=f"{trainer}/{int(epochs)}ep",

@@ -30,11 +30,12 @@ from ultradino_monai.engines.classification import (
     load_task_backbone,
     read_model_sidecar,
 )
-from ultradino_monai.evaluation.aggregate import sha256_file, validate_record
+from ultradino_monai.evaluation.aggregate import validate_record
 from ultradino_monai.evaluation.linear_probe import head_grid
 from ultradino_monai.evaluation.metrics import macro_f1
 from ultradino_monai.networks.checkpoints import CheckpointError, load_backbone, save_backbone
 from ultradino_monai.networks.vit import build_vit
+from ultradino_monai.utils.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "classification" / "configs"
@@ -249,8 +250,9 @@ def test_quantize_config_writes_an_int8_model_and_its_agreement_report(finetuned
 
 
 def test_inference_on_a_folder_of_pngs_and_dicoms(finetuned, tmp_path):
-    from data_prep.dicom_synth import write_dataset
     from phi_fixtures import SyntheticStudy, make_us_dataset
+
+    from data_prep.dicom_synth import write_dataset
 
     root, overrides, models, _ = finetuned
     folder = tmp_path / "input"

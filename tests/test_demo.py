@@ -1,6 +1,5 @@
 """Tests of the embedded demo dataset (data_prep.demo, data_prep.dicom_synth)."""
 
-import hashlib
 import io
 import json
 from contextlib import redirect_stdout
@@ -16,12 +15,13 @@ from data_prep import demo
 from data_prep.dicom_synth import PRIVATE_CREATOR, PRIVATE_GROUP
 from data_prep.phantom import PLANE_CLASSES
 from ultradino_monai.data.datalist import load_datalist, read_datalist
+from ultradino_monai.utils.files import sha256_file
 
 SEED = 3
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {p.relative_to(root).as_posix(): sha256_file(p)
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 

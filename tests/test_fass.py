@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from data_prep.fass import (
     main,
     paint_labels,
 )
+from ultradino_monai.utils.files import sha256_file
 
 INNER_NAME = "Fetal Abdominal Structures Segmentation Dataset Using Ultrasonic Images"
 H, W = 6, 8
@@ -120,10 +120,6 @@ def _convert(raw: Path, out: Path, **kwargs):
     return convert_fass(raw, out, expect_images=images, expect_patients=patients, split_options=SPLIT_OPTIONS, **kwargs)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_paint_order_and_overlaps_hand_checked():
     masks = _masks(0)
     label, overlaps = paint_labels(masks, (H, W))
@@ -136,10 +132,10 @@ def test_paint_order_and_overlaps_hand_checked():
 
 def test_convert_nested_zip(tmp_path):
     raw = _nested_zip(tmp_path / "fass_download.zip")
-    before = (_digest(raw), os.stat(raw).st_mtime_ns)
+    before = (sha256_file(raw), os.stat(raw).st_mtime_ns)
     out = tmp_path / "out"
     report = _convert(raw, out)
-    assert (_digest(raw), os.stat(raw).st_mtime_ns) == before, "the input must not be modified"
+    assert (sha256_file(raw), os.stat(raw).st_mtime_ns) == before, "the input must not be modified"
 
     expected = _expected()
     for stem, (grey, label) in expected.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from data_prep.convert_common import ConversionError, CountMismatchError, Unsafe
 from data_prep.fetal_planes import CLASSES, convert_fetal_planes, main, parse_release_csv
 from ultradino_monai.data.datalist import load_datalist, read_datalist
 from ultradino_monai.data.splits import patient_grouped_split
+from ultradino_monai.utils.files import sha256_file
 
 PLANES = list(CLASSES)
 SIZES = [(40, 30), (52, 36), (45, 33)]  # (W, H): the release mixes image sizes
@@ -61,10 +61,6 @@ def _zip_tree(src: Path, zip_path: Path, prefix: str = "FETAL_PLANES_ZENODO/") -
         for path in sorted(src.rglob("*")):
             if path.is_file():
                 archive.write(path, prefix + path.relative_to(src).as_posix())
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture()
@@ -156,16 +152,16 @@ def test_zip_release_matches_folder_and_input_is_untouched(release, tmp_path):
     raw, _ = release
     zip_path = tmp_path / "FETAL_PLANES_ZENODO.zip"
     _zip_tree(raw, zip_path)
-    before = _sha(zip_path)
+    before = sha256_file(zip_path)
     convert_fetal_planes(raw, tmp_path / "from_folder", expected=TINY, write_splits=False)
     convert_fetal_planes(zip_path, tmp_path / "from_zip", expected=TINY, write_splits=False)
-    assert _sha(zip_path) == before
+    assert sha256_file(zip_path) == before
     assert sorted(p.name for p in zip_path.parent.iterdir() if p.name.startswith("FETAL")) == ["FETAL_PLANES_ZENODO.zip"]
     a = read_datalist(tmp_path / "from_folder" / "datalist.json")
     b = read_datalist(tmp_path / "from_zip" / "datalist.json")
     assert a["training"] == b["training"] and a["test"] == b["test"]
     for item in a["test"]:
-        assert _sha(tmp_path / "from_folder" / item["image"]) == _sha(tmp_path / "from_zip" / item["image"])
+        assert sha256_file(tmp_path / "from_folder" / item["image"]) == sha256_file(tmp_path / "from_zip" / item["image"])
 
 
 def test_zip_with_path_traversal_is_refused(release, tmp_path):

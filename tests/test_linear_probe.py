@@ -14,7 +14,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from PIL import Image
 
-from ultradino_monai.engines.classification import classification_transforms, warmup_cosine_scheduler
+from ultradino_monai.engines.classification import classification_transforms
 from ultradino_monai.evaluation.linear_probe import (
     LEARNING_RATES,
     FeatureDataset,
@@ -31,6 +31,7 @@ from ultradino_monai.evaluation.linear_probe import (
     state_dict_digest,
 )
 from ultradino_monai.networks.vit import build_vit
+from ultradino_monai.optim import warmup_cosine_scheduler
 
 DIM, CLASSES = 16, 3
 

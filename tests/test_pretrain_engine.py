@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 from ignite.engine import Events
 from monai.handlers import CheckpointSaver
 
@@ -14,6 +14,7 @@ from ultradino_monai.engines.handlers import ResumeFromLatest
 from ultradino_monai.networks.dino_model import DinoModel
 from ultradino_monai.networks.heads import DINOHead
 from ultradino_monai.networks.vit import build_vit
+from ultradino_monai.optim import build_adamw
 from ultradino_monai.ssl import DINOLoss, KoLeoLoss, build_dino_schedules, iBOTPatchLoss
 
 K = 64
@@ -49,7 +50,7 @@ def build_trainer(tmp_path, handlers=(), nan_after=None, max_epochs=2):
                          drop_path_rate=0.1)
     student = DinoModel(backbone, DINOHead(32, K, hidden_dim=32, bottleneck_dim=16))
     teacher = pretrain.make_teacher(student)
-    optimizer = pretrain.build_optimizer(student)
+    optimizer = build_adamw(student, lr=0.0, weight_decay=0.0, layer_decay_rate=0.9, patch_embed_lr_mult=0.2)
     sampler = InfiniteSeededSampler(10, seed=3)
     loader = torch.utils.data.DataLoader(
         SeededTransformDataset(Scalars(), RandomCrops()), batch_size=BATCH, sampler=sampler,

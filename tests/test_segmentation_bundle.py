@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ultradino_monai.evaluation.aggregate import validate_record
+from ultradino_monai.utils.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "segmentation"
@@ -130,7 +131,7 @@ def test_evaluate_writes_a_result_record_with_per_class_dice(trained, tiny_fass)
             dice.update(model(sample["image"][None]), sample["label"][None])
     expected = dice.compute()
     assert metrics["foreground_dice"] == pytest.approx(expected["foreground_mean"], nan_ok=True)
-    assert record["model_sha256"] == seg.file_sha256(root / "models" / "model.pt")
+    assert record["model_sha256"] == sha256_file(root / "models" / "model.pt")
 
 
 def test_inference_writes_masks_and_overlays_at_the_original_size(trained, tiny_fass):

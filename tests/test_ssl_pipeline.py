@@ -9,14 +9,12 @@ import torch
 from torch import nn
 
 from ultradino_monai.networks.heads import DINOHead
+from ultradino_monai.optim import apply_optim_scheduler, fuse_params_groups, get_params_groups_with_decay
 from ultradino_monai.ssl import (
     DINOLoss,
     KoLeoLoss,
     MultiCropMaskCollate,
-    apply_optim_scheduler,
     build_dino_schedules,
-    fuse_params_groups,
-    get_params_groups_with_decay,
     iBOTPatchLoss,
     update_ema,
 )

@@ -11,15 +11,13 @@ import torch
 from torch import nn
 
 from ultradino_monai.networks.heads import DINOHead
-from ultradino_monai.ssl import (
+from ultradino_monai.optim import (
     apply_optim_scheduler,
-    build_dino_schedules,
     cosine_schedule,
     fuse_params_groups,
     get_params_groups_with_decay,
-    linear_warmup_then_constant,
-    scaled_lr,
 )
+from ultradino_monai.ssl import build_dino_schedules, linear_warmup_then_constant, scaled_lr
 
 # ----------------------------------------------------------------------------- schedules
 

@@ -22,7 +22,7 @@ from pydicom.uid import (
     UltrasoundMultiFrameImageStorage,
 )
 
-from ultradino_monai.data.datalist import atomic_write
+from ultradino_monai.utils.files import write_bytes_atomic
 
 from .patients import FakePatient, FakeStudy, dicom_date
 
@@ -222,4 +222,4 @@ def write_dataset(path: Path, ds: Dataset) -> None:
     """Serialise with pydicom (no timestamps are added) and write atomically."""
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
+    write_bytes_atomic(path, buffer.getvalue())

@@ -1,41 +1,22 @@
-"""Atomic file writes and the clean-up of temporaries left by a killed run.
+"""PNG encoding and the clean-up of temporaries left by a killed ingest run.
 
-Every output file is written to a temporary name in its final folder and then
-renamed with ``os.replace``, so a reader (or a run resumed after ``kill -9``)
-only ever sees complete files under their final names.  Temporaries share one
-prefix so the next run can delete them.
+Every output file is written with :func:`ultradino_monai.utils.files.write_bytes_atomic`
+(a temporary in the final folder, then ``os.replace``), with ``prefix=TEMP_PREFIX``, so a
+reader (or a run resumed after ``kill -9``) only ever sees complete files under their final
+names, and the next run can find and delete the temporaries by that prefix.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import secrets
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["TEMP_PREFIX", "atomic_write_bytes", "encode_png", "sweep_temporaries"]
+__all__ = ["TEMP_PREFIX", "encode_png", "sweep_temporaries"]
 
 TEMP_PREFIX = ".ingest-tmp-"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a same-folder temporary and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-    try:
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def encode_png(frame: np.ndarray, compress_level: int) -> bytes:
@@ -47,7 +28,7 @@ def encode_png(frame: np.ndarray, compress_level: int) -> bytes:
 
 
 def sweep_temporaries(root: str | os.PathLike) -> int:
-    """Delete temporaries (ours and datalist.py's ``.name.*.tmp``) below ``root``; return the count."""
+    """Delete temporaries (``TEMP_PREFIX*`` and the default ``.name.*.tmp``) below ``root``; return the count."""
     removed = 0
     for folder, _, files in os.walk(root):
         for name in files:

@@ -36,9 +36,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from ultradino_monai.data.datalist import write_datalist, write_json_atomic
+from ultradino_monai.data.datalist import write_datalist
+from ultradino_monai.utils.files import write_bytes_atomic, write_json_atomic
 
-from .atomic import atomic_write_bytes, sweep_temporaries
+from .atomic import TEMP_PREFIX, sweep_temporaries
 from .config import IngestConfig
 from .discovery import InputItem, discover_inputs
 from .keys import Pseudonymizer
@@ -217,7 +218,7 @@ def _check_key(state: Path, pseudonymizer: Pseudonymizer) -> None:
                 "OUTPUT was written with a different secret key; use the original key or a new OUTPUT folder"
             )
         return
-    atomic_write_bytes(path, (json.dumps({"key_check": expected}) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps({"key_check": expected}) + "\n").encode(), prefix=TEMP_PREFIX)
 
 
 def _load_record(path: Path) -> dict[str, Any] | None:
@@ -310,8 +311,9 @@ def _write_outputs(output_dir: Path, entries: list[dict[str, Any]], config: Inge
                     "gestational_age_days": frame["gestational_age_days"],
                 }
             )
-    atomic_write_bytes(output_dir / "manifest.csv", _csv_bytes(MANIFEST_COLUMNS, manifest_rows))
-    atomic_write_bytes(output_dir / "quarantine.csv", _csv_bytes(QUARANTINE_COLUMNS, quarantine_rows))
+    manifest, quarantine = _csv_bytes(MANIFEST_COLUMNS, manifest_rows), _csv_bytes(QUARANTINE_COLUMNS, quarantine_rows)
+    write_bytes_atomic(output_dir / "manifest.csv", manifest, prefix=TEMP_PREFIX)
+    write_bytes_atomic(output_dir / "quarantine.csv", quarantine, prefix=TEMP_PREFIX)
     write_datalist(output_dir / "datalist.json", {"training": training})
     report = {
         "format": 1,

@@ -28,7 +28,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels import get_decoder
-from pydicom.uid import AllTransferSyntaxes, UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
+
+from ultradino_monai.utils.files import write_bytes_atomic
 
 from ultradino_monai.data.dicom import (
     CropDecision,
@@ -41,7 +43,7 @@ from ultradino_monai.data.dicom import (
 )
 
 from . import annex_e
-from .atomic import atomic_write_bytes, encode_png
+from .atomic import TEMP_PREFIX, encode_png
 from .config import IngestConfig
 from .deid import (
     MULTIFRAME_SOP_CLASSES,
@@ -344,7 +346,7 @@ def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: di
             relative = f"{folder}/{identity.instance}_{index:04d}.png"
             data = encode_png(output, config.png_compress_level)
             target = Path(context.output_root) / relative
-            atomic_write_bytes(target, data)
+            write_bytes_atomic(target, data, prefix=TEMP_PREFIX)
             written.append(target)
             record["outputs"][relative] = hashlib.sha256(data).hexdigest()
             row = {"image": relative, "frame": index, "width": int(output.shape[1]), "height": int(output.shape[0])}
@@ -368,7 +370,7 @@ def _convert(context: WorkContext, item: InputItem, stream: BinaryIO, record: di
         data = _build_dicom(clean, header, kept, spec, decision, identity, pixels_verified)
         relative = f"dicom/{identity.patient}/{identity.study}/{identity.instance}.dcm"
         target = Path(context.output_root) / relative
-        atomic_write_bytes(target, data)
+        write_bytes_atomic(target, data, prefix=TEMP_PREFIX)
         written.append(target)
         record["outputs"][relative] = hashlib.sha256(data).hexdigest()
         record["dicom"] = relative
@@ -431,6 +433,7 @@ def process_item(context: WorkContext, item: InputItem, position: int) -> dict[s
         if record["outcome"] == "quarantined":
             logger.info("input #%d quarantined: %s", position, record["reason"])
     target = record_path(context.output_root, item_id)
-    atomic_write_bytes(target, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
+    document = json.dumps(record, sort_keys=True, indent=1) + "\n"
+    write_bytes_atomic(target, document.encode(), prefix=TEMP_PREFIX)
     return record
 

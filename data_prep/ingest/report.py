@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes
+from ultradino_monai.utils.files import write_bytes_atomic
+
+from .atomic import TEMP_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +270,7 @@ def write_report(output_dir: str | Path, seed: int = 0) -> Path:
     data = collect(output_dir, seed)
     page = render(data, output_dir, seed).encode("utf-8")
     target = output_dir / REPORT_PATH
-    atomic_write_bytes(target, page)
+    write_bytes_atomic(target, page, prefix=TEMP_PREFIX)
     logger.info("audit page: %s (%d bytes, %d manifest rows)", target, len(page), data.rows)
     return target
 

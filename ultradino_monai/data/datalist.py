@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from ultradino_monai.utils.files import write_json_atomic
 
 PATH_KEYS = ("image", "label")
 
@@ -71,51 +72,6 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise DatalistError(f"{path}: expected a JSON object at top level")
     return document
-
-
-# read once at import: os.umask can only be read by setting it, which is not thread-safe later on
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary)`` on a temporary file next to ``path``, then rename it over ``path``.
-
-    Readers never see half a file, and on any error the temporary file is removed and ``path``
-    is left as it was. Returns ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        # mkstemp creates the file owner-only (0600); the result gets the mode open() would give it
-        os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
-    """Write JSON (indented, newline-terminated) atomically."""
-    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(document, indent=2) + "\n"))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file (Markdown, CSV) atomically, UTF-8."""
-    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-
-
-def write_png_atomic(path: str | os.PathLike, array: Any) -> None:
-    """Write an array Pillow can encode (``[H, W]`` uint8/uint16 or ``[H, W, 3]`` uint8) as PNG, atomically."""
-    from PIL import Image
-
-    image = Image.fromarray(array)
-    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def write_datalist(

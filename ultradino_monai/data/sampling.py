@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Sampler
+
+from ultradino_monai.utils.distributed import get_rank, get_world_size
 
 _SEED_MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -60,9 +61,7 @@ class InfiniteSeededSampler(Sampler):
         if num_samples <= 0:
             raise ValueError("InfiniteSeededSampler needs at least one sample; the datalist is empty")
         if rank is None or world_size is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            rank = torch.distributed.get_rank() if distributed else 0
-            world_size = torch.distributed.get_world_size() if distributed else 1
+            rank, world_size = get_rank(), get_world_size()
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.shuffle = shuffle

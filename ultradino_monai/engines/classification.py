@@ -25,27 +25,25 @@ from ignite.metrics.metric import reinit__is_reduced
 from monai.engines.utils import PrepareBatch, default_prepare_batch
 from torch import nn
 
-from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic
-from ultradino_monai.engines.handlers import is_main_process
+from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist
 from ultradino_monai.engines.config_values import as_bool
 from ultradino_monai.evaluation.linear_probe import all_gather_variable
 from ultradino_monai.networks.checkpoints import CheckpointError, LoadedBackbone, load_backbone
 from ultradino_monai.networks.classifier import Classifier, backbone_config, build_backbone_from_config
+from ultradino_monai.utils.distributed import is_main_process, unwrap_model
+from ultradino_monai.utils.files import atomic_write, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_SIDECAR_FORMAT",
     "as_bool",
-    "is_main_process",
     "resolve_datalist",
     "class_names",
     "load_task_backbone",
     "normalization_name",
     "classification_transforms",
     "MixupPrepareBatch",
-    "warmup_cosine_scheduler",
-    "finetune_optimizer",
     "PredictionCollector",
     "MacroF1",
     "write_model_sidecar",
@@ -268,66 +266,6 @@ class MixupPrepareBatch(PrepareBatch):
         return self.mixup(images, labels)
 
 
-def warmup_cosine_scheduler(
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    iterations_per_epoch: int,
-    warmup_epochs: float = 0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration linear warmup from 0, then half-cosine to 0 (reference §1.4, §2.6).
-
-    Every group's lr is its initial lr times the factor, so per-head (probe) or
-    per-layer (layer-wise decay) rates keep their ratios. Step it every iteration
-    (``LrScheduleHandler(epoch_level=False)``). The length is ``epochs *
-    iterations_per_epoch`` with the *dropped* last batch already excluded, so the lr ends at
-    0 (UltraDINO computed it with ``ceil`` and never reached 0, quirk (d)).
-    """
-    from ultradino_monai.ssl.schedules import cosine_schedule
-
-    total = int(epochs) * int(iterations_per_epoch)
-    if total < 1:
-        raise ValueError(f"no iterations to schedule: epochs={epochs}, iterations_per_epoch={iterations_per_epoch}")
-    warmup = min(int(round(float(warmup_epochs) * int(iterations_per_epoch))), total - 1)
-    factors = cosine_schedule(1.0, 0.0, total, warmup_iters=warmup)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(factors[min(step, total - 1)]))
-
-
-def finetune_optimizer(
-    network: nn.Module,
-    lr: float = 1e-4,
-    weight_decay: float = 0.01,
-    betas: Sequence[float] = (0.9, 0.999),
-    layerwise_decay: bool = False,
-    lr_decay_rate: float = 0.65,
-    patch_embed_lr_mult: float = 0.2,
-) -> torch.optim.AdamW:
-    """AdamW for full fine-tuning (reference §1.4).
-
-    ``layerwise_decay=False`` reproduces what UltraDINO's code *did* (quirk (a)): its
-    layer-wise lr decay (0.65) and patch-embed multiplier (0.2) were written into the groups
-    as ``lr_multiplier`` entries that plain ``torch.optim.AdamW`` ignores, and AdamW got no
-    ``weight_decay``, so every parameter trained at lr 1e-4 with AdamW's default wd 0.01.
-    ``layerwise_decay=True`` applies what the code intended: group lr = ``lr *
-    lr_decay_rate ** (depth + 1 - layer_id)`` (x ``patch_embed_lr_mult`` for the patch
-    embedding), no weight decay on biases, norms and LayerScale (via
-    :func:`~ultradino_monai.ssl.get_params_groups_with_decay`).
-    """
-    module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-    betas = tuple(float(b) for b in betas)
-    if not as_bool(layerwise_decay):
-        return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
-    from ultradino_monai.ssl import get_params_groups_with_decay
-
-    num_layers = len(module.backbone.blocks) if hasattr(module, "backbone") else None
-    groups = get_params_groups_with_decay(
-        module, lr_decay_rate=lr_decay_rate, patch_embed_lr_mult=patch_embed_lr_mult, num_layers=num_layers
-    )
-    for group in groups:
-        group["lr"] = lr * group["lr_multiplier"]
-        group["weight_decay"] = weight_decay * group["wd_multiplier"]
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
-
-
 # ------------------------------------------------------------------------- metrics
 def _stack(values) -> torch.Tensor:
     if isinstance(values, (list, tuple)):
@@ -405,7 +343,7 @@ def write_model_sidecar(
     records of later evaluations). Inference and export build
     the network from this file alone (:func:`classifier_from_sidecar`).
     """
-    module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    module = unwrap_model(network)
     if not isinstance(module, Classifier):
         raise TypeError(f"expected a Classifier, got {type(module).__name__}")
     document = {
@@ -472,14 +410,7 @@ def write_confusion_matrix_png(matrix, classes: Sequence[str], path: str | os.Pa
                       fontsize=8, color=colour)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    os.replace(temporary, path)
-    return str(path)
+    return str(atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120)))
 
 
 _METHOD_NAMES = {"ultradino": "UltraDINO", "dinov2": "DINOv2", "ibot": "iBOT", "usfm": "USFM", "timm": "timm", "scratch": "scratch"}
@@ -796,8 +727,6 @@ class ProbabilityCSVWriter:
             )
 
     def _write(self, engine: Engine) -> None:
-        from ultradino_monai.data.datalist import write_text_atomic
-
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["source", "frame", "predicted_class"] + [f"p_{name}" for name in self.classes])

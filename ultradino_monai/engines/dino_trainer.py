@@ -22,20 +22,15 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
-from monai.engines import Trainer
 from ignite.engine import Events
+from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from torch import nn
 
 from ultradino_monai.data.sampling import mix_seed
-from ultradino_monai.ssl import (
-    DINOLoss,
-    DinoSchedules,
-    KoLeoLoss,
-    apply_optim_scheduler,
-    iBOTPatchLoss,
-    update_ema,
-)
+from ultradino_monai.optim import apply_optim_scheduler
+from ultradino_monai.ssl import DINOLoss, DinoSchedules, KoLeoLoss, iBOTPatchLoss, update_ema
+from ultradino_monai.utils.distributed import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +39,6 @@ __all__ = ["DinoTrainer", "NonFiniteLossError"]
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the message names the iteration and the term."""
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
 class DinoTrainer(Trainer):
@@ -226,7 +217,7 @@ class DinoTrainer(Trainer):
         )
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
 
-        student = _unwrap(engine.student)
+        student = unwrap_model(engine.student)
         with engine._autocast():
             output = engine.student(global_crops, local_crops, masks=masks, mask_indices=mask_indices)
         global_cls = output["global_cls"]

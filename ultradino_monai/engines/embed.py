@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.utils import convert_to_tensor
 from monai.data import DataLoader, Dataset
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from ultradino_monai.data.datalist import load_datalist
 from ultradino_monai.evaluation.attention import cls_attention_maps, save_attention_overlay
+from ultradino_monai.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ def write_embeddings(
     }
     if all(isinstance(item.get("label"), int) for item in items):
         arrays["label"] = np.array([item["label"] for item in items], dtype=np.int64)
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output_path.with_name(f".{output_path.stem}.tmp.npz")
-    np.savez_compressed(temporary, **arrays)
-    os.replace(temporary, output_path)
+
+    def write(temporary: Path) -> None:
+        # np.savez_compressed appends ".npz" to a file *name* without it, so it gets an open file
+        with open(temporary, "wb") as stream:
+            np.savez_compressed(stream, **arrays)
+
+    output_path = atomic_write(output_path, write)
     logger.info("wrote %d embeddings to %s", len(items), output_path)
     return str(output_path)
 

@@ -13,11 +13,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from monai.utils import convert_to_tensor
 from ignite.engine import Engine, Events
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from ultradino_monai.ssl import knn_classify, knn_leave_one_group_out, rankme
+from ultradino_monai.utils.distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +29,8 @@ __all__ = [
     "ResumeFromLatest",
     "StopAtIteration",
     "extract_features",
-    "is_main_process",
     "latest_checkpoint",
 ]
-
-
-def is_main_process() -> bool:
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return not distributed or torch.distributed.get_rank() == 0
 
 
 class JsonlLogger:

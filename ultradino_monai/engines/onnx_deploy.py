@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import atomic_write, write_json_atomic
+from ultradino_monai.utils.files import atomic_write, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Builders the pretrain bundle's configs call: models, optimiser, data, export.
+"""Builders the pretrain bundle's configs call: models, data, export.
 
 Each function does one thing so ``bundles/pretrain/configs/train.json`` reads like the recipe.
 """
@@ -19,11 +19,12 @@ from torch import nn
 from ultradino_monai.data.datalist import load_datalist, read_datalist
 from ultradino_monai.data.sampling import InfiniteSeededSampler, SeededTransformDataset
 from ultradino_monai.engines.config_values import as_bool, optional_path
-from ultradino_monai.engines.handlers import is_main_process, latest_checkpoint
+from ultradino_monai.engines.handlers import latest_checkpoint
 from ultradino_monai.networks.checkpoints import save_backbone
 from ultradino_monai.networks.dino_model import DinoModel
-from ultradino_monai.ssl import MultiCropMaskCollate, fuse_params_groups, get_params_groups_with_decay
+from ultradino_monai.ssl import MultiCropMaskCollate
 from ultradino_monai.ssl.masking import collate_multicrop_with_masks
+from ultradino_monai.utils.distributed import get_world_size, is_distributed, is_main_process, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,11 @@ __all__ = [
     "optional_path",
     "assert_replicas_identical",
     "configure_run",
-    "is_main_process",
     "load_checkpoint",
     "epoch_length_for",
     "per_device_batch_size",
     "pretraining_datalist",
     "report_outputs",
-    "build_optimizer",
     "export_teacher_backbone",
     "labelled_loader",
     "latest_checkpoint",
@@ -49,33 +48,11 @@ __all__ = [
 
 def make_teacher(student: DinoModel) -> DinoModel:
     """The teacher starts as an exact copy of the student, frozen and in eval mode (docs/recipe.md §2.2)."""
-    if isinstance(student, nn.parallel.DistributedDataParallel):
-        student = student.module
-    teacher = copy.deepcopy(student)
+    teacher = copy.deepcopy(unwrap_model(student))
     teacher.eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher
-
-
-def build_optimizer(
-    student: nn.Module,
-    lr_decay_rate: float = 0.9,
-    patch_embed_lr_mult: float = 0.2,
-    betas: Sequence[float] = (0.9, 0.999),
-) -> torch.optim.AdamW:
-    """AdamW over DINOv2 parameter groups (layer-wise lr decay, no wd on bias/norm/gamma; docs/recipe.md §2.3).
-
-    The group lr and wd are placeholders: the trainer writes ``schedule × multiplier`` into
-    every group at the start of each iteration.
-    """
-    module = student.module if isinstance(student, nn.parallel.DistributedDataParallel) else student
-    num_layers = len(module.backbone.blocks)
-    groups = get_params_groups_with_decay(
-        module, lr_decay_rate=lr_decay_rate, patch_embed_lr_mult=patch_embed_lr_mult, num_layers=num_layers
-    )
-    groups = fuse_params_groups(groups)
-    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=tuple(betas))
 
 
 class SampleSeededMaskCollate(MultiCropMaskCollate):
@@ -253,10 +230,10 @@ def assert_replicas_identical(module: nn.Module) -> None:
     rank applies the same EMA to the same (synchronised) student. This check catches a
     divergence, e.g. from a rank-dependent update, before a checkpoint is trusted.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return
     flat = torch.cat([p.detach().float().reshape(-1).cpu() for p in module.parameters()])
-    gathered = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
+    gathered = [torch.empty_like(flat) for _ in range(get_world_size())]
     torch.distributed.all_gather(gathered, flat)
     differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
     if differing:

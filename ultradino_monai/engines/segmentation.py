@@ -1,4 +1,4 @@
-"""Builders the segmentation bundle's configs call: model, data, loss, optimiser, schedule, results.
+"""Builders the segmentation bundle's configs call: model, data, loss, results.
 
 ``bundles/segmentation/configs/train.json`` wires these into MONAI's ``SupervisedTrainer`` /
 ``SupervisedEvaluator`` so the config reads like UltraDINO's mmseg recipe (reference
@@ -11,9 +11,11 @@
   UltraDINO augmentation on [0, 1] images, then the backbone's normalisation; an
   iteration-based random sampler (mmengine ``InfiniteSampler``);
 * loss: CE + Dice (MONAI ``DiceCELoss``), or CE + mmseg's sigmoid Dice for parity;
-* optimiser: AdamW lr 1e-4, wd 0.01, betas (0.9, 0.999), layer-wise lr decay 0.99 *applied*
-  (UltraDINO's constructor computed it but AdamW ignored it, §1.5 / §1.4(a));
-* schedule: linear warmup from 1e-6 over 1500 iterations, then poly (power 1) to 0.
+* optimiser (:func:`ultradino_monai.optim.build_adamw`): AdamW lr 1e-4, wd 0.01, betas
+  (0.9, 0.999), layer-wise lr decay 0.99 *applied* (UltraDINO's constructor computed it but AdamW
+  ignored it, §1.5 / §1.4(a); ``layer_decay false`` reproduces that: one lr and wd for all);
+* schedule (:func:`ultradino_monai.optim.warmup_poly_scheduler`): linear warmup from 1e-6 over
+  1500 iterations, then poly (power 1) to 0.
 
 A trained model is ``model.pt`` (plain state dict of the :class:`Segmenter`) plus
 ``model.json`` (:func:`segmenter_spec`: architecture, labels, image size, normalisation,
@@ -23,7 +25,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -42,14 +43,15 @@ from monai.transforms import CastToTyped, Compose, NormalizeIntensityd, RepeatCh
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist, write_json_atomic, write_png_atomic
+from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist
 from ultradino_monai.engines.config_values import as_bool, optional_path
 from ultradino_monai.networks.checkpoints import load_backbone, sidecar_path
 from ultradino_monai.networks.segmenter import Segmenter
 from ultradino_monai.networks.vit import BeitBackbone, DinoVisionTransformer
-from ultradino_monai.ssl import fuse_params_groups, get_params_groups_with_decay
 from ultradino_monai.transforms.augment import segmentation_augmentation
 from ultradino_monai.transforms.ultrasound import normalization_stats, ultrasound_preprocessing
+from ultradino_monai.utils.distributed import get_rank, get_world_size, is_main_process, unwrap_model
+from ultradino_monai.utils.files import sha256_file, write_json_atomic, write_png_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +65,14 @@ __all__ = [
     "ValidationRecorder",
     "IterationSampler",
     "SigmoidDiceCELoss",
-    "WarmupPolyLambda",
     "as_bool",
     "optional_path",
     "backbone_name",
-    "build_lr_scheduler",
-    "build_optimizer",
     "build_segmenter",
     "colour_overlay",
     "default_pretrained",
     "finish_training",
     "image_items",
-    "file_sha256",
     "labels_of",
     "load_segmenter",
     "segmentation_datalist",
@@ -86,31 +84,12 @@ __all__ = [
     "segmenter_from_spec",
     "segmenter_spec",
     "split_info",
-    "unwrap",
     "write_model_spec",
     "write_segmentation_result",
 ]
 
 SPEC_FORMAT = "ultradino_monai.segmenter"
 SPEC_VERSION = 1
-
-
-# --------------------------------------------------------------------------- small helpers
-def unwrap(module: nn.Module) -> nn.Module:
-    """The model inside DDP / DataParallel / ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            module = module.module
-        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        else:
-            return module
-
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
 
 
 def default_pretrained(path: str | os.PathLike | None) -> str | None:
@@ -251,7 +230,7 @@ class IterationSampler(DistributedSampler):
 
     def __init__(self, dataset, samples_per_replica: int, seed: int = 0, num_replicas: int | None = None,
                  rank: int | None = None) -> None:
-        world, this_rank = _world()
+        world, this_rank = get_world_size(), get_rank()
         num_replicas = world if num_replicas is None else int(num_replicas)
         rank = this_rank if rank is None else int(rank)
         if len(dataset) == 0:
@@ -432,7 +411,7 @@ def segmenter_spec(
     ``mean`` / ``std``: the normalisation the model was *trained* with when it is not the
     backbone's own (``normalization`` other than ``"auto"``).
     """
-    model = unwrap(built.model)
+    model = unwrap_model(built.model)
     if len(labels) != model.num_classes:
         raise ValueError(f"{len(labels)} labels {dict(labels)} for a {model.num_classes}-class model")
     info = built.info
@@ -460,7 +439,7 @@ def segmenter_spec(
 def write_model_spec(model_path: str | os.PathLike, spec: Mapping[str, Any]) -> str:
     """Write ``spec`` next to ``model_path`` (``model.pt`` -> ``model.json``), atomically; rank 0 only."""
     path = sidecar_path(model_path)
-    if _world()[1] == 0:
+    if is_main_process():
         write_json_atomic(path, dict(spec))
         logger.info("wrote the model description %s", path)
     return str(path)
@@ -507,14 +486,6 @@ def load_segmenter(model_path: str | os.PathLike, device: str | torch.device = "
     model.load_state_dict(state, strict=True)
     logger.info("loaded the trained segmenter %s", model_path)
     return model.to(device).eval()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- loss
@@ -570,107 +541,13 @@ def segmentation_loss(kind: str = "dice_ce") -> nn.Module:
     raise ValueError(f"unknown loss {kind!r}; use 'dice_ce' or 'mmseg_sigmoid_dice_ce'")
 
 
-# --------------------------------------------------------------------------- optimisation
-def build_optimizer(
-    model: nn.Module,
-    lr: float = 1e-4,
-    weight_decay: float = 0.01,
-    betas: Sequence[float] = (0.9, 0.999),
-    layer_decay: bool | str = True,
-    layer_decay_rate: float = 0.99,
-    patch_embed_lr_mult: float = 1.0,
-) -> torch.optim.AdamW:
-    """AdamW for fine-tuning, with layer-wise lr decay applied or not (§1.5, §1.4(a)).
-
-    ``layer_decay`` true (the paper-fidelity default): DINOv2's parameter groups
-    (:func:`~ultradino_monai.ssl.get_params_groups_with_decay` with the backbone's depth):
-    group lr = ``lr · layer_decay_rate ** (depth + 1 - layer_id)`` (embeddings 0, block i
-    i + 1, everything else — final norm, pyramid, UPerHead — ``depth + 1`` -> factor 1),
-    ``patch_embed`` additionally × ``patch_embed_lr_mult``, and weight decay ``wd`` except 0 for
-    biases, norms and LayerScale gamma. UltraDINO's segmentation configs use
-    ``decay_rate 0.99`` and DINOv2's default ``patch_embed_lr_mult`` 1.0.
-
-    ``layer_decay`` false: what UltraDINO's public code effectively ran, because its optimiser
-    constructor only set ``lr_multiplier`` / ``wd_multiplier`` entries that AdamW ignores: every
-    parameter gets ``lr`` and ``weight_decay``.
-
-    The group lrs set here are the *peak* values; the scheduler scales them.
-    """
-    module = unwrap(model)
-    betas = tuple(float(b) for b in betas)
-    if not as_bool(layer_decay):
-        params = [p for p in module.parameters() if p.requires_grad]
-        logger.info("optimizer: AdamW lr %g, wd %g on all %d tensors (layer-wise decay off)", lr, weight_decay, len(params))
-        return torch.optim.AdamW(params, lr=float(lr), weight_decay=float(weight_decay), betas=betas)
-    backbone = getattr(module, "backbone", None)
-    num_layers = int(getattr(backbone, "n_blocks", 0)) if backbone is not None else None
-    groups = fuse_params_groups(
-        get_params_groups_with_decay(
-            module, lr_decay_rate=float(layer_decay_rate), patch_embed_lr_mult=float(patch_embed_lr_mult),
-            num_layers=num_layers,
-        )
-    )
-    for group in groups:
-        group["lr"] = float(lr) * group["lr_multiplier"]
-        group["weight_decay"] = float(weight_decay) * group["wd_multiplier"]
-    logger.info(
-        "optimizer: AdamW lr %g, wd %g, layer-wise decay %g over %s blocks (%d groups, lr x%.3g .. x%.3g)",
-        lr, weight_decay, layer_decay_rate, num_layers, len(groups),
-        min(g["lr_multiplier"] for g in groups), max(g["lr_multiplier"] for g in groups),
-    )
-    return torch.optim.AdamW(groups, lr=float(lr), weight_decay=float(weight_decay), betas=betas)
-
-
-class WarmupPolyLambda:
-    """lr factor at iteration t: linear warmup, then polynomial decay to 0 (mmengine LinearLR + PolyLR).
-
-    ``t < warmup``: ``start + (1 - start) · t / warmup``; afterwards
-    ``(1 - (t - warmup) / (total - warmup)) ** power``, 0 from ``total`` on. UltraDINO:
-    start 1e-6, warmup 1500, power 1, total 20k (few-shot) or 45k (full FASS) (§1.5).
-    A callable object (not a lambda), so ``LambdaLR.state_dict`` stores it.
-    """
-
-    def __init__(self, total_iterations: int, warmup_iterations: int = 1500, warmup_start_factor: float = 1e-6,
-                 power: float = 1.0) -> None:
-        self.total_iterations = int(total_iterations)
-        self.warmup_iterations = int(warmup_iterations)
-        self.warmup_start_factor = float(warmup_start_factor)
-        self.power = float(power)
-        if self.total_iterations < 1:
-            raise ValueError(f"total_iterations must be >= 1, got {total_iterations}")
-        if not 0 <= self.warmup_iterations < self.total_iterations:
-            raise ValueError(
-                f"warmup_iterations ({warmup_iterations}) must be in [0, total_iterations={total_iterations})"
-            )
-
-    def __call__(self, iteration: int) -> float:
-        if iteration < self.warmup_iterations:
-            return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * iteration / self.warmup_iterations
-        remaining = 1.0 - (iteration - self.warmup_iterations) / (self.total_iterations - self.warmup_iterations)
-        return max(0.0, remaining) ** self.power
-
-
-def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer,
-    total_iterations: int,
-    warmup_iterations: int = 1500,
-    warmup_start_factor: float = 1e-6,
-    power: float = 1.0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration ``LambdaLR`` with :class:`WarmupPolyLambda`; step it every iteration
-    (MONAI ``LrScheduleHandler(epoch_level=False)``)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupPolyLambda(total_iterations, warmup_iterations, warmup_start_factor, power)
-    )
-
-
 def split_info(split_file: str | os.PathLike) -> dict[str, Any]:
     """Provenance of a split file for result records: path, sha256, kind/seed/draw when present."""
     document = read_datalist(split_file)
     split = document.get("split") if isinstance(document.get("split"), Mapping) else {}
     return {
         "path": str(split_file),
-        "sha256": file_sha256(split_file),
+        "sha256": sha256_file(split_file),
         "kind": split.get("kind", "datalist"),
         "dataset": split.get("dataset"),
         "seed": split.get("seed"),
@@ -687,10 +564,6 @@ def section_items(datalist: str | os.PathLike, section: str) -> list[dict[str, A
 
 
 # --------------------------------------------------------------------------- handlers
-def _rank() -> int:
-    return _world()[1]
-
-
 class ValidationRecorder:
     """Logs every validation of a training run and remembers the best one.
 
@@ -737,7 +610,7 @@ class ValidationRecorder:
         logger.info("validation at iteration %s: %s %.4f (best %.4f at iteration %s)", record["iteration"],
                     self.metric_name, value, self.best[self.metric_name] if self.best else float("nan"),
                     self.best["iteration"] if self.best else None)
-        if _rank() == 0:
+        if is_main_process():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as stream:
                 stream.write(json.dumps(record) + "\n")
@@ -773,7 +646,7 @@ def finish_training(
 ) -> str:
     """After training: check the best checkpoint exists and record its validation score in ``model.json``."""
     model_path = Path(model_path)
-    if _rank() == 0 and not model_path.is_file():
+    if is_main_process() and not model_path.is_file():
         raise RuntimeError(
             f"training finished without writing {model_path}: no validation produced a finite key metric "
             "(check the validation section and val_interval)"
@@ -782,7 +655,7 @@ def finish_training(
     if recorder is not None and recorder.best is not None:
         document["extra"] = {**dict(spec.get("extra", {})), "best_validation": recorder.best}
     write_model_spec(model_path, document)
-    if _rank() == 0:
+    if is_main_process():
         logger.info("best model: %s (validation %s)", model_path, recorder.best if recorder else "n/a")
     return str(model_path)
 
@@ -974,14 +847,14 @@ def write_segmentation_result(
         "draw": split.get("draw"),
         "split_sha256": split["sha256"],
         "model": str(model_path),
-        "model_sha256": file_sha256(model_path),
+        "model_sha256": sha256_file(model_path),
         "backbone_source": source,
         "registers_dropped": bool(pretrained.get("registers_dropped", False)),
         "image_size": spec.get("image_size"),
         "best_validation": spec_extra.get("best_validation"),
         **dict(extra or {}),
     }
-    if _rank() == 0:
+    if is_main_process():
         write_result(result_path, record)
         metrics = record["metrics"]
         logger.info(

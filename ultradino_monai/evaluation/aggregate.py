@@ -48,7 +48,6 @@ scale with 2 decimals, ``–`` where no run exists.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -62,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import write_json_atomic, write_text_atomic
+from ultradino_monai.utils.files import sha256_file, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,6 @@ __all__ = [
     "TABLE1_COLUMNS",
     "ResultError",
     "Table1Column",
-    "sha256_file",
     "make_record",
     "validate_record",
     "write_result",
@@ -144,15 +142,6 @@ TABLE1_COLUMNS = (
     Table1Column("FT F1", "classification_finetune", ("fetal_planes", "fetal_planes_db"), None, "macro_f1"),
     Table1Column("LP F1", "classification_linear_probe", ("fetal_planes", "fetal_planes_db"), None, "macro_f1"),
 )
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (checkpoint provenance)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _clean_number(value: Any) -> Any:

@@ -46,7 +46,8 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 
-from ultradino_monai.data.datalist import atomic_write
+from ultradino_monai.utils.distributed import get_world_size, is_distributed
+from ultradino_monai.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -383,9 +384,9 @@ def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     numbers of samples; ``torch.distributed.all_gather`` needs equal shapes, so the rows are
     padded to the largest count and the padding is dropped again.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return tensor
-    world = torch.distributed.get_world_size()
+    world = get_world_size()
     device = tensor.device if torch.distributed.get_backend() != "nccl" else torch.device("cuda", torch.cuda.current_device())
     local = tensor.to(device)
     count = torch.tensor([local.shape[0]], device=device)

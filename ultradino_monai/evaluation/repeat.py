@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultradino_monai.data.datalist import write_json_atomic
 from ultradino_monai.evaluation.aggregate import DEFAULT_GROUP_BY, aggregate, load_results, write_aggregate_csv
+from ultradino_monai.utils.files import write_json_atomic
 from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from ultradino_monai.data.datalist import write_json_atomic
 from ultradino_monai.evaluation.repeat import RepeatRun, execute_run
+from ultradino_monai.utils.files import write_json_atomic
 from ultradino_monai.utils.logs import setup_logging
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ultradino_monai.data.datalist import write_json_atomic
 from ultradino_monai.evaluation.repeat import RepeatError, plan_runs
 from ultradino_monai.experiments.spec import (
     BackboneSpec,
@@ -29,6 +28,7 @@ from ultradino_monai.experiments.spec import (
     TaskSpec,
     task_configs,
 )
+from ultradino_monai.utils.files import write_json_atomic
 
 __all__ = [
     "Job",

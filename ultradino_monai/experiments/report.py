@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from ultradino_monai.data.datalist import write_text_atomic
 from ultradino_monai.evaluation.aggregate import (
     ResultError,
     Table1Column,
@@ -41,6 +40,7 @@ from ultradino_monai.evaluation.aggregate import (
     write_aggregate_csv,
     write_table1_csv,
 )
+from ultradino_monai.utils.files import atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +157,7 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=150, bbox_inches="tight")
-    os.replace(temporary, path)
-    return path
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=150, bbox_inches="tight"))
 
 
 def plot_label_efficiency(points: Mapping[str, Mapping[float, tuple[float, float, int]]], path: str | os.PathLike,

@@ -33,10 +33,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ultradino_monai.data.datalist import write_json_atomic
 from ultradino_monai.experiments.plan import Job, _select, plan_jobs, write_experiment_snapshot
 from ultradino_monai.experiments.prepare import prepare_datasets
 from ultradino_monai.experiments.spec import ExperimentSpec
+from ultradino_monai.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,9 @@ from .ibot_patch_loss import iBOTPatchLoss, masks_weight_from_masks
 from .knn import knn_accuracy, knn_classify, knn_leave_one_group_out
 from .koleo_loss import KoLeoLoss
 from .masking import MaskingGenerator, MultiCropMaskCollate, collate_multicrop_with_masks
-from .param_groups import apply_optim_scheduler, fuse_params_groups, get_params_groups_with_decay, layer_id_for_name
 from .rankme import rankme
-from .schedules import DinoSchedules, build_dino_schedules, cosine_schedule, linear_warmup_then_constant, scaled_lr
-from .teacher import unwrap_model, update_ema
+from .schedules import DinoSchedules, build_dino_schedules, linear_warmup_then_constant, scaled_lr
+from .teacher import update_ema
 
 __all__ = [
     "CenteredTeacherLoss",
@@ -26,17 +25,11 @@ __all__ = [
     "MaskingGenerator",
     "MultiCropMaskCollate",
     "collate_multicrop_with_masks",
-    "get_params_groups_with_decay",
-    "fuse_params_groups",
-    "apply_optim_scheduler",
-    "layer_id_for_name",
-    "cosine_schedule",
     "linear_warmup_then_constant",
     "scaled_lr",
     "DinoSchedules",
     "build_dino_schedules",
     "update_ema",
-    "unwrap_model",
     "rankme",
     "knn_classify",
     "knn_accuracy",

@@ -29,18 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["CenteredTeacherLoss", "sinkhorn_knopp", "distributed_is_ready"]
+from ultradino_monai.utils.distributed import get_world_size, is_distributed
+
+__all__ = ["CenteredTeacherLoss", "sinkhorn_knopp"]
 
 logger = logging.getLogger(__name__)
-
-
-def distributed_is_ready() -> bool:
-    """True when a ``torch.distributed`` process group is initialised."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if distributed_is_ready() else 1
 
 
 @torch.no_grad()
@@ -72,10 +65,10 @@ def sinkhorn_knopp(
     if n_iterations < 1:
         raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
     logits = teacher_logits.float()
-    distributed = distributed_is_ready()
+    distributed = is_distributed()
     n_local, n_prototypes = logits.shape
     if n_samples_global is None:
-        n_samples = float(n_local * _world_size())
+        n_samples = float(n_local * get_world_size())
     elif isinstance(n_samples_global, torch.Tensor):
         n_samples = float(n_samples_global.item())
     else:
@@ -179,7 +172,7 @@ class CenteredTeacherLoss(nn.Module):
         logits = teacher_logits.float()
         count = logits.new_full((1, 1), float(logits.shape[0]))
         self._pending_sum_and_count = torch.cat([logits.sum(dim=0, keepdim=True), count], dim=1)
-        if distributed_is_ready():
+        if is_distributed():
             self._reduce_handle = dist.all_reduce(self._pending_sum_and_count, async_op=True)
 
     @torch.no_grad()

@@ -18,7 +18,9 @@ import logging
 import torch
 import torch.distributed as dist
 
-from .centering import CenteredTeacherLoss, distributed_is_ready, sinkhorn_knopp
+from ultradino_monai.utils.distributed import is_distributed
+
+from .centering import CenteredTeacherLoss, sinkhorn_knopp
 from .dino_clstoken_loss import soft_cross_entropy
 
 __all__ = ["iBOTPatchLoss", "masks_weight_from_masks"]
@@ -71,7 +73,7 @@ class iBOTPatchLoss(CenteredTeacherLoss):  # noqa: N801 (name kept from iBOT / D
                 "slice off the padding before calling"
             )
         n_global = torch.tensor(float(local), device=teacher_logits.device)
-        if distributed_is_ready():
+        if is_distributed():
             dist.all_reduce(n_global)
         return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations, n_samples_global=n_global)
 

@@ -11,11 +11,10 @@ Everything is indexed by iteration; one "epoch" is ``epoch_length`` iterations
   ``warmup_teacher_temp_epochs`` (0.04 -> 0.07 over 30), constant afterwards;
 * last-layer lr: the lr schedule, but 0 during the first ``freeze_last_layer_epochs``.
 
-The shapes follow DINOv2's ``CosineScheduler``: the warmup is
-``linspace(start, base, warmup_iters)`` (its last entry equals ``base``) and the cosine
-part is ``final + (base - final) (1 + cos(pi i / n)) / 2`` for ``i = 0..n-1``, so the
-last array entry is within ``(base - final) (pi / n)^2 / 4`` of ``final``. Past the end,
-:meth:`DinoSchedules.at` returns the exact final values, as DINOv2 does.
+The cosine shapes are DINOv2's ``CosineScheduler``
+(:func:`ultradino_monai.optim.schedules.cosine_schedule`: warmup ``linspace(start, base,
+warmup_iters)``, then ``final + (base - final) (1 + cos(pi i / n)) / 2`` for ``i = 0..n-1``).
+Past the end, :meth:`DinoSchedules.at` returns the exact final values, as DINOv2 does.
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ultradino_monai.optim.schedules import check_iterations, cosine_schedule
+
 __all__ = [
-    "cosine_schedule",
     "linear_warmup_then_constant",
     "scaled_lr",
     "DinoSchedules",
@@ -35,39 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_iters(**iters: int) -> None:
-    for name, value in iters.items():
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value}")
-
-
-def cosine_schedule(
-    base_value: float,
-    final_value: float,
-    total_iters: int,
-    warmup_iters: int = 0,
-    start_warmup_value: float = 0.0,
-    freeze_iters: int = 0,
-) -> np.ndarray:
-    """``[total_iters]`` float64 array: zeros, linear warmup, then half-cosine.
-
-    ``freeze_iters`` zeros, then ``linspace(start_warmup_value, base_value, warmup_iters)``,
-    then ``final + (base - final) * (1 + cos(pi * i / n)) / 2`` for ``i = 0..n-1`` with
-    ``n = total_iters - warmup_iters - freeze_iters``.
-    """
-    _check_iters(total_iters=total_iters, warmup_iters=warmup_iters, freeze_iters=freeze_iters)
-    n_cosine = total_iters - warmup_iters - freeze_iters
-    if n_cosine < 0:
-        raise ValueError(
-            f"warmup_iters ({warmup_iters}) + freeze_iters ({freeze_iters}) exceed total_iters ({total_iters})"
-        )
-    freeze = np.zeros(freeze_iters)
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
-    progress = np.arange(n_cosine) / max(n_cosine, 1)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1.0 + np.cos(np.pi * progress))
-    return np.concatenate((freeze, warmup, cosine)).astype(np.float64)
 
 
 def linear_warmup_then_constant(
@@ -78,7 +45,7 @@ def linear_warmup_then_constant(
     The teacher-temperature schedule (0.04 -> 0.07 over 30 epochs, then 0.07; docs/recipe.md §2.3).
     ``warmup_iters`` may exceed ``total_iters`` (the ramp is then cut at ``total_iters``).
     """
-    _check_iters(warmup_iters=warmup_iters, total_iters=total_iters)
+    check_iterations(warmup_iters=warmup_iters, total_iters=total_iters)
     ramp = np.linspace(start_value, final_value, warmup_iters)
     constant = np.full(max(total_iters - warmup_iters, 0), float(final_value))
     return np.concatenate((ramp, constant))[:total_iters].astype(np.float64)

@@ -13,20 +13,11 @@ import logging
 import torch
 from torch import nn
 
-__all__ = ["update_ema", "unwrap_model"]
+from ultradino_monai.utils.distributed import unwrap_model
+
+__all__ = ["update_ema"]
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap_model(module: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            module = module.module
-        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        else:
-            return module
 
 
 @torch.no_grad()

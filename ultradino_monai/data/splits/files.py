@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ultradino_monai.data.datalist import PATH_KEYS, read_datalist, write_json_atomic
+from ultradino_monai.data.datalist import PATH_KEYS, read_datalist
 from ultradino_monai.data.splits.grouping import SECTIONS, UNUSED, check_patient_disjoint, datalist_items
+from ultradino_monai.utils.files import sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,6 @@ def _rebase(item: Mapping[str, Any], datalist_dir: str, split_dir: str) -> dict[
             absolute = os.path.normpath(os.path.join(datalist_dir, value))
             entry[key] = Path(os.path.relpath(absolute, split_dir)).as_posix()
     return entry
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_split_file(
@@ -84,7 +76,7 @@ def write_split_file(
     document["split"] = {
         **metadata,
         "source_datalist": Path(os.path.relpath(os.path.abspath(datalist_path), split_dir)).as_posix(),
-        "source_sha256": _sha256_file(datalist_path),
+        "source_sha256": sha256_file(datalist_path),
         "patient_grouped": patient_grouped,
         "counts": counts,
     }

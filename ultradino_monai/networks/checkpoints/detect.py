@@ -6,9 +6,7 @@ backbone**, **Source detection**) for the rules.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -24,14 +22,6 @@ logger = logging.getLogger(__name__)
 _CONTAINER_KEYS = ("model", "state_dict", "teacher", "student", "module")
 _ANCHOR = "patch_embed.proj.weight"
 _SSL_HEAD = re.compile(r"^(module\.)?((student|teacher)\.)?(head|dino_head|ibot_head)\.")
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_file(path: Path, trust_pickle: bool) -> Any:

@@ -15,7 +15,6 @@ from ultradino_monai.networks.checkpoints.detect import (
     _find_weights,
     _read_file,
     _select_backbone,
-    _sha256,
 )
 from ultradino_monai.networks.checkpoints.errors import CheckpointError
 from ultradino_monai.networks.checkpoints.normalisation import _resolve_normalisation
@@ -23,6 +22,7 @@ from ultradino_monai.networks.checkpoints.sidecar import _read_sidecar
 from ultradino_monai.networks.checkpoints.usfm_source import _load_beit
 from ultradino_monai.networks.checkpoints.vit_source import _load_vit
 from ultradino_monai.networks.vit import ARCHS, build_vit
+from ultradino_monai.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_backbone(
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     sidecar = _read_sidecar(path, digest)
     raw = _read_file(path, trust_pickle)
     weights, container, ignored = _find_weights(raw, path)

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ultradino_monai.data.datalist import atomic_write, write_json_atomic
-from ultradino_monai.networks.checkpoints.detect import _sha256
 from ultradino_monai.networks.checkpoints.errors import CheckpointError
 from ultradino_monai.networks.checkpoints.normalisation import _resolve_normalisation
 from ultradino_monai.networks.vit import DinoVisionTransformer
+from ultradino_monai.utils.distributed import unwrap_model
+from ultradino_monai.utils.files import atomic_write, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def save_backbone(
     Returns:
         the sidecar document.
     """
-    backbone = _unwrap_module(model)
+    backbone = unwrap_model(model)
     if not isinstance(backbone, DinoVisionTransformer):
         raise TypeError(f"save_backbone expects a DinoVisionTransformer, got {type(backbone).__name__}")
     path = Path(path_pt)
@@ -76,7 +76,7 @@ def save_backbone(
 
     state = {key: value.detach().to("cpu").clone().contiguous() for key, value in backbone.state_dict().items()}
     atomic_write(path, lambda temporary: torch.save(state, temporary))
-    digest = _sha256(path)
+    digest = sha256_file(path)
     document = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
@@ -112,13 +112,3 @@ def _read_sidecar(path: Path, digest: str) -> dict[str, Any] | None:
             f"(sha256 {document['sha256'][:12]}…, file has {digest[:12]}…)"
         )
     return document
-
-
-def _unwrap_module(model: nn.Module) -> nn.Module:
-    while True:
-        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model

@@ -16,9 +16,11 @@ With the recipe's 0.9 decay, 12 blocks and patch-embed multiplier 0.2: embedding
 0.9^13 = 0.254, block 0 0.9^12 = 0.282, block 11 0.9, norm/heads 1.0, patch_embed
 0.9^13 * 0.2 = 0.051. ``pos_embed`` and the tokens *are* weight-decayed.
 
-At every iteration :func:`apply_optim_scheduler` writes
-``lr = (last_layer_lr if is_last_layer else lr) * lr_multiplier`` and
-``weight_decay = wd * wd_multiplier`` into each optimiser group.
+Fine-tuning fixes the rates once: :func:`scale_params_groups` writes the peak
+``lr = lr * lr_multiplier`` and ``weight_decay = wd * wd_multiplier`` into each group, and
+an lr scheduler scales them. DINOv2 pretraining rewrites them at every iteration:
+:func:`apply_optim_scheduler` writes ``lr = (last_layer_lr if is_last_layer else lr) *
+lr_multiplier`` and ``weight_decay = wd * wd_multiplier``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "layer_id_for_name",
     "get_params_groups_with_decay",
     "fuse_params_groups",
+    "scale_params_groups",
     "apply_optim_scheduler",
 ]
 
@@ -145,6 +148,20 @@ def fuse_params_groups(
         entry["params"].extend(params if isinstance(params, (list, tuple)) else [params])
         entry["names"].append(group.get("name", ""))
     return list(fused.values())
+
+
+def scale_params_groups(
+    params_groups: Iterable[dict[str, Any]], lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Set each group's ``lr = lr * lr_multiplier`` and ``weight_decay = weight_decay * wd_multiplier``, in place.
+
+    Returns the groups as a list, ready for the optimiser.
+    """
+    groups = list(params_groups)
+    for group in groups:
+        group["lr"] = float(lr) * group["lr_multiplier"]
+        group["weight_decay"] = float(weight_decay) * group["wd_multiplier"]
+    return groups
 
 
 def apply_optim_scheduler(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:
