@@ -72,7 +72,8 @@ def warmup_cosine_scheduler(
     The factor at iteration ``t`` is ``cosine_schedule(1, 0, T, warmup_iters=W)[min(t, T - 1)]`` with
     ``T = epochs * iterations_per_epoch`` and ``W = round(warmup_epochs * iterations_per_epoch)``
     (at most ``T - 1``). ``iterations_per_epoch`` counts the batches actually run (a dropped last
-    batch excluded), so the lr ends at 0.
+    batch excluded), so the lr ends at 0 (UltraDINO's classification code counted it with ``ceil`` and never
+    reached 0).
     """
     total = int(epochs) * int(iterations_per_epoch)
     if total < 1:
