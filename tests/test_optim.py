@@ -189,3 +189,35 @@ def test_warmup_poly_schedule_values():
     np.testing.assert_allclose(lrs[2], [1e-3, 1e-4])  # peak after warmup, per-group ratio kept
     np.testing.assert_allclose(lrs[6], [5e-4, 5e-5])
     assert "lr_lambdas" in scheduler.state_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernel needs CUDA")
+def test_cuda_model_gets_the_fused_kernel_with_the_foreach_numbers():
+    torch.manual_seed(0)
+    fused_model = Classifier(tiny_vit(), 3).cuda()
+    foreach_model = copy.deepcopy(fused_model)
+    fused = build_adamw(fused_model, lr=1e-3, weight_decay=0.05, layer_decay_rate=0.65)
+    assert fused.defaults["fused"] is True
+    twins = dict(foreach_model.named_parameters())
+    names = {id(p): n for n, p in fused_model.named_parameters()}
+    reference = torch.optim.AdamW(
+        [
+            {
+                "params": [twins[names[id(p)]] for p in group["params"]],
+                "lr": group["lr"],
+                "weight_decay": group["weight_decay"],
+            }
+            for group in fused.param_groups
+        ],
+        foreach=True,
+    )
+    for model in (fused_model, foreach_model):
+        model.eval()  # no dropout draws that could differ between the two runs
+    images = torch.randn(4, 1, 64, 64, device="cuda")
+    for model, optimizer in ((fused_model, fused), (foreach_model, reference)):
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(images).square().mean().backward()
+            optimizer.step()
+    for (name, a), b in zip(fused_model.named_parameters(), foreach_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
