@@ -31,7 +31,7 @@ class BannerPolicy:
 
     ``quarantine`` (default, fail closed) rejects the file.  ``mask-top-N`` keeps
     the whole frame with its top ``N`` rows set to black, where ultrasound
-    systems burn the patient banner (reference §3.1: 25-80 px).
+    systems burn the patient banner (docs/deidentification.md §3.1: 25-80 px).
     """
 
     kind: str = "quarantine"
@@ -71,14 +71,14 @@ class IngestConfig:
             dropped as a near duplicate; negative disables deduplication.
         doppler_fraction: a colour frame counts as Doppler when at least this
             fraction of its (cropped) pixels has channel spread above
-            ``doppler_chroma`` (reference §3.3 suggests spread > ~25).
+            ``doppler_chroma`` (docs/deidentification.md §3.3 suggests spread > ~25).
         doppler_chroma: channel spread (max - min, 0-255) that counts as colour.
         region_tolerance_px: a region may overshoot the image by this many pixels
-            and is then clamped (reference §3.2); more means stale.
+            and is then clamped (docs/deidentification.md §3.2); more means stale.
         min_region_px: smallest accepted crop side in pixels.
         date_policy: ``shift`` (keyed per-patient offset, option 113107) or ``drop``.
         date_shift_min_days / date_shift_span_days: offsets are
-            ``-(min + h mod span)`` days (reference §1.5, span >= 1 year).
+            ``-(min + h mod span)`` days (docs/deidentification.md §1.5, span >= 1 year).
         png_compress_level: zlib level for PNG output (0-9); only speed/size.
         decoder_plugins: transfer syntax UID -> pydicom decoding plugin name (default:
             :data:`ultradino_monai.data.dicom.DEFAULT_DECODER_PLUGINS`).
@@ -120,7 +120,7 @@ class IngestConfig:
         if self.date_policy not in ("shift", "drop"):
             raise ConfigError(f"--date-policy must be 'shift' or 'drop', got {self.date_policy!r}")
         if self.date_shift_min_days < 0 or self.date_shift_span_days < 365:
-            raise ConfigError("date shift needs min_days >= 0 and span_days >= 365 (reference §1.5)")
+            raise ConfigError("date shift needs min_days >= 0 and span_days >= 365 (docs/deidentification.md §1.5)")
         if not 0 <= self.png_compress_level <= 9:
             raise ConfigError(f"png_compress_level must be 0-9, got {self.png_compress_level}")
         if not isinstance(self.banner_policy, BannerPolicy):

@@ -2,7 +2,7 @@
 
 The crop itself is :func:`ultradino_monai.data.dicom.apply_crop`.
 
-Reference ``dicom_deidentification.md`` §3.3: a frame is colour Doppler when a
+docs/deidentification.md §3.3: a frame is colour Doppler when a
 high fraction of its pixels has a channel spread (max - min) above ~25 grey
 levels, a threshold that tolerates JPEG chroma bleed; B-mode exported as RGB
 is collapsed to one channel; cine frames are subsampled with a temporal

@@ -1,8 +1,7 @@
-"""The project's one metric implementation (DESIGN contract 3).
+"""The project's one metric implementation (docs/design.md contract 3).
 
-Segmentation: **Dice pooled over the whole split** (reference
-datasets_and_nnunet.md §1.4; UltraDINO's ``DinusIoUMetric``,
-ultradino_and_dinov2_recipe.md §1.5). For every class c the intersection
+Segmentation: **Dice pooled over the whole split** (docs/datasets.md §1.4;
+UltraDINO's ``DinusIoUMetric``, docs/recipe.md §1.5). For every class c the intersection
 I_c, the predicted area P_c and the label area L_c are summed over *all*
 images of the split first, then
 
@@ -11,7 +10,7 @@ images of the split first, then
 * ``foreground_mean``: nan-mean of Dice_c over classes 1..C-1; **the headline
   number** (UltraDINO's ``mfDice``).
 * ``mean_with_background``: nan-mean over all classes incl. background
-  (UltraDINO's ``mDice``, what its checkpoint selection used; §1.4).
+  (UltraDINO's ``mDice``, what its checkpoint selection used; docs/datasets.md §1.4).
 * A class absent from both prediction and truth in the whole split has
   0/0: its Dice is NaN and it is left out of both means (nanmean), the same
   convention as mmseg's pooled metric. If every foreground class is absent the
@@ -22,7 +21,7 @@ images of the split first, then
   classes; then averaged over images. Images with no foreground in either
   prediction or label are excluded (``per_image_count`` says how many counted).
   ``per_image_per_class`` is the per-class nan-mean over images (nnU-Net's
-  per-case convention, §1.4), for comparison with ``nnUNetv2_evaluate_folder``.
+  per-case convention, docs/datasets.md §1.4), for comparison with ``nnUNetv2_evaluate_folder``.
 
 Values are fractions in [0, 1]; reports multiply by 100
 (:mod:`ultradino_monai.evaluation.aggregate`).
