@@ -240,7 +240,8 @@ def export_dataset(
         ExportError / DatalistError: missing files, labels that are not 0..K-1, a case in
         test and train/val, an id collision, a label value outside the label set.
     """
-    from ultradino_monai.engines.segmentation import labels_of, split_info
+    from ultradino_monai.engines.segmentation import labels_of
+    from ultradino_monai.evaluation.provenance import split_info
 
     check_nnunet_version()
     if not split_files:

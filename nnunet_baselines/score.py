@@ -10,7 +10,7 @@ evaluator compares its predictions with. The predictions are nnU-Net's index PNG
 foreground mean as headline; ``docs/datasets.md`` §1.4, §2.7). nnU-Net's
 own per-case evaluator is deliberately not used for the headline number.
 
-Result records are built like ``ultradino_monai.engines.segmentation.write_segmentation_result``
+Result records are built like ``ultradino_monai.engines.segmentation.results.write_segmentation_result``
 (same ``task``, ``dataset`` / ``split_kind`` / ``draw`` / ``split_sha256`` from
 ``split_info``, ``metrics`` from ``segmentation_metrics``): ``method`` is ``"nnUNet"``,
 ``backbone`` the planned architecture (e.g. ``PlainConvUNet_2d``), ``checkpoint`` null
@@ -174,8 +174,8 @@ def build_record(
         dataset: fallback dataset name when the split file names none.
         extra: more keys stored in the record (nnU-Net provenance).
     """
-    from ultradino_monai.engines.segmentation import split_info
     from ultradino_monai.evaluation.aggregate import make_record, segmentation_metrics
+    from ultradino_monai.evaluation.provenance import split_info
 
     split = split_info(split_file)
     metric_input = {key: dice[key] for key in ("per_class", "foreground_mean", "mean_with_background",

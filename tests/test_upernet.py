@@ -13,8 +13,10 @@ from ignite.engine import Engine
 from monai.engines import SupervisedEvaluator
 from monai.handlers import CheckpointSaver, from_engine
 
+from ultradino_monai.data.sampling import IterationSampler
 from ultradino_monai.engines import segmentation as seg
 from ultradino_monai.evaluation.metrics import PooledDiceMetric
+from ultradino_monai.evaluation.overlay import PALETTE, colour_overlay
 from ultradino_monai.networks.checkpoints import save_backbone
 from ultradino_monai.networks.segmenter import Segmenter, default_out_indices
 from ultradino_monai.networks.upernet import SimpleFeaturePyramid, UPerHead
@@ -189,17 +191,17 @@ def test_sigmoid_dice_ce_matches_the_hand_computed_mmseg_formula():
 
 def test_iteration_sampler_streams_permutations_and_splits_ranks():
     data = list(range(7))
-    single = seg.IterationSampler(data, samples_per_replica=21, seed=3, num_replicas=1, rank=0)
+    single = IterationSampler(data, samples_per_replica=21, seed=3, num_replicas=1, rank=0)
     stream = list(single)
     assert len(stream) == len(single) == 21
     for chunk in range(3):  # three full passes, each a permutation
         assert sorted(stream[7 * chunk: 7 * chunk + 7]) == data
-    assert list(seg.IterationSampler(data, 21, seed=3, num_replicas=1, rank=0)) == stream  # seeded
+    assert list(IterationSampler(data, 21, seed=3, num_replicas=1, rank=0)) == stream  # seeded
     single.set_epoch(1)
     assert list(single) != stream
-    ranks = [list(seg.IterationSampler(data, 10, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    ranks = [list(IterationSampler(data, 10, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
     merged = [index for pair in zip(*ranks) for index in pair]
-    global_stream = list(seg.IterationSampler(data, 20, seed=3, num_replicas=1, rank=0))
+    global_stream = list(IterationSampler(data, 20, seed=3, num_replicas=1, rank=0))
     assert merged == global_stream  # rank r takes every 2nd index of one global stream
 
 
@@ -269,8 +271,8 @@ def test_labels_must_be_contiguous(tmp_path):
 def test_colour_overlay_blends_only_foreground():
     grey = np.full((2, 2), 100, dtype=np.uint8)
     mask = np.array([[0, 1], [2, 0]])
-    overlay = colour = seg.colour_overlay(grey, mask, alpha=0.5)
+    overlay = colour = colour_overlay(grey, mask, alpha=0.5)
     assert overlay.shape == (2, 2, 3) and overlay.dtype == np.uint8
     assert tuple(colour[0, 0]) == (100, 100, 100)
-    expected = np.rint(0.5 * 100 + 0.5 * np.array(seg.PALETTE[1])).astype(np.uint8)
+    expected = np.rint(0.5 * 100 + 0.5 * np.array(PALETTE[1])).astype(np.uint8)
     assert tuple(colour[0, 1]) == tuple(expected)

@@ -10,14 +10,19 @@ never on worker scheduling, so
 * two runs with the same seed see identical samples, whatever ``num_workers`` is;
 * a run resumed at iteration ``i`` continues the stream at position ``i * batch_size``;
 * under DDP each rank reads a disjoint interleaved slice of the same global stream.
+
+:class:`IterationSampler` is the simpler stream the segmentation fine-tuning uses (mmengine's
+``InfiniteSampler``): plain indices, a fixed number per process and epoch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from ultradino_monai.utils.distributed import get_rank, get_world_size
 
@@ -115,3 +120,45 @@ class SeededTransformDataset(Dataset):
         output = dict(self.transform(self.base[index]))
         output[self.seed_key] = sample_seed
         return output
+
+
+class IterationSampler(DistributedSampler):
+    """Random indices for a fixed number of samples per process, reshuffled every pass over the data.
+
+    The iteration-based counterpart of mmengine's ``InfiniteSampler`` used by UltraDINO
+    (§1.5): one endless stream of permutations of the dataset, seeded by ``seed + epoch``;
+    process ``rank`` takes every ``num_replicas``-th index. With few images (few-shot n = 20
+    at batch 64) one batch holds several passes, as in mmseg. A subclass of
+    ``DistributedSampler`` so MONAI's workflow calls :meth:`set_epoch`.
+
+    Args:
+        dataset: anything with ``len``.
+        samples_per_replica: indices yielded per process and epoch
+            (iterations x per-process batch size).
+        seed: base seed of the permutations.
+        num_replicas, rank: default from ``torch.distributed`` (1 / 0 without it).
+    """
+
+    def __init__(self, dataset, samples_per_replica: int, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        world, this_rank = get_world_size(), get_rank()
+        num_replicas = world if num_replicas is None else int(num_replicas)
+        rank = this_rank if rank is None else int(rank)
+        if len(dataset) == 0:
+            raise ValueError("IterationSampler got an empty dataset")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=int(seed), drop_last=False)
+        self.samples_per_replica = int(samples_per_replica)
+        if self.samples_per_replica < 1:
+            raise ValueError(f"samples_per_replica must be >= 1, got {samples_per_replica}")
+
+    def __iter__(self):
+        size = len(self.dataset)
+        total = self.samples_per_replica * self.num_replicas
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        passes = math.ceil(total / size)
+        stream = torch.cat([torch.randperm(size, generator=generator) for _ in range(passes)])[:total]
+        return iter(stream[self.rank : total : self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.samples_per_replica
