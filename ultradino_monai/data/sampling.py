@@ -126,7 +126,7 @@ class IterationSampler(DistributedSampler):
     """Random indices for a fixed number of samples per process, reshuffled every pass over the data.
 
     The iteration-based counterpart of mmengine's ``InfiniteSampler`` used by UltraDINO
-    (§1.5): one endless stream of permutations of the dataset, seeded by ``seed + epoch``;
+    (docs/recipe.md §1.5): one endless stream of permutations of the dataset, seeded by ``seed + epoch``;
     process ``rank`` takes every ``num_replicas``-th index. With few images (few-shot n = 20
     at batch 64) one batch holds several passes, as in mmseg. A subclass of
     ``DistributedSampler`` so MONAI's workflow calls :meth:`set_epoch`.

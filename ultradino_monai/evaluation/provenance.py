@@ -16,7 +16,7 @@ from ultradino_monai.utils.files import sha256_file
 __all__ = ["METHOD_NAMES", "backbone_name", "split_info"]
 
 
-#: Table 1 row family per checkpoint source (PAPER_RESULTS.md).
+#: Table 1 row family per checkpoint source (docs/paper.md).
 METHOD_NAMES = {
     "ultradino": "UltraDINO",
     "dinov2": "DINOv2",

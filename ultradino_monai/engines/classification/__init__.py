@@ -1,8 +1,7 @@
 """Builders the classification bundle's configs call (fine-tuning, linear probe, evaluation, inference).
 
-Numbers come from reference ``ultradino_and_dinov2_recipe.md`` §1.4 (UltraDINO on
-FETAL_PLANES_DB) and §2.6 (DINOv2 linear probe); the bundle's configs name the value and
-this package only does the work. Each function does one thing, so
+Numbers come from ``docs/recipe.md`` §1.4 (UltraDINO on FETAL_PLANES_DB) and §2.6 (DINOv2 linear
+probe); the bundle's configs name the value and this package only does the work. Each function does one thing, so
 ``bundles/classification/configs/*.json`` read like the recipe.
 
 Modules: :mod:`.data` (datalist, classes, transforms), :mod:`.backbone` (the starting backbone and

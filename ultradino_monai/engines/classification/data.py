@@ -48,7 +48,7 @@ def normalization_name(mean: Sequence[float], std: Sequence[float], requested: s
 
     ``requested="auto"`` picks the one matching the backbone's own ``mean``/``std``
     (``"fus"``, ``"imagenet"`` or ``"none"``); an explicit name is returned as given (e.g.
-    ``"fus"`` to reproduce UltraDINO's test-time quirk (c), reference §1.4).
+    ``"fus"`` to reproduce UltraDINO's test-time quirk (c), docs/recipe.md §1.4).
 
     Raises:
         ValueError: ``auto`` and the backbone's statistics match none of the named ones.
@@ -84,7 +84,7 @@ def classification_transforms(
 
     ``train and augment``: :func:`~ultradino_monai.transforms.augment.ultrasound_train_transforms`
     (load, [0, 1], grey, resize, brightness/contrast, gamma, noise, grid distortion, flip,
-    normalise; reference §1.4); otherwise the deterministic
+    normalise; docs/recipe.md §1.4); otherwise the deterministic
     :func:`~ultradino_monai.transforms.ultrasound.ultrasound_preprocessing`. The ``label``
     (a class index) passes through untouched. Output ``image``: float32 ``[in_chans, H, W]``.
     """

@@ -79,7 +79,7 @@ def report_linear_probe(
     ``val_metric``: the :class:`~ultradino_monai.evaluation.linear_probe.HeadGridMetric` of the
     validation evaluator (its last run is the end of training). ``test_evaluator`` is run
     here; its ``test_metric`` collects every head's predictions, of which only the chosen
-    head's are scored (DINOv2 / UltraDINO report one head, reference §1.4, §2.6).
+    head's are scored (DINOv2 / UltraDINO report one head, docs/recipe.md §1.4, §2.6).
     Writes ``result_path`` (+ confusion PNG) and ``heads_val_accuracy.json`` next to it.
     """
     if not val_metric.results:

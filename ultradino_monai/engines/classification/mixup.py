@@ -13,7 +13,7 @@ __all__ = ["MixupPrepareBatch"]
 class MixupPrepareBatch(PrepareBatch):
     """MONAI ``prepare_batch`` that applies timm Mixup / CutMix with label smoothing.
 
-    UltraDINO's fine-tuning (reference §1.4): ``Mixup(mixup_alpha=0.8, cutmix_alpha=1.0,
+    UltraDINO's fine-tuning (docs/recipe.md §1.4): ``Mixup(mixup_alpha=0.8, cutmix_alpha=1.0,
     prob=1.0, switch_prob=0.5, mode="batch", label_smoothing=0.1)`` with
     ``SoftTargetCrossEntropy``. The targets become soft ``[B, num_classes]`` float tensors.
     With ``enabled=False`` (or both alphas 0) images are left alone and the targets are the

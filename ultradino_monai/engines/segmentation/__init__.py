@@ -1,8 +1,8 @@
 """Builders the segmentation bundle's configs call: model, data, loss, results.
 
 ``bundles/segmentation/configs/train.json`` wires these into MONAI's ``SupervisedTrainer`` /
-``SupervisedEvaluator`` so the config reads like UltraDINO's mmseg recipe (reference
-``ultradino_and_dinov2_recipe.md`` §1.5):
+``SupervisedEvaluator`` so the config reads like UltraDINO's mmseg recipe
+(``docs/recipe.md`` §1.5):
 
 * model: ViT backbone from :func:`~ultradino_monai.networks.checkpoints.load_backbone` +
   UperNet (:class:`~ultradino_monai.networks.segmenter.Segmenter`), stochastic depth 0.4 with
@@ -14,7 +14,7 @@
 * loss: CE + Dice (MONAI ``DiceCELoss``), or CE + mmseg's sigmoid Dice for parity;
 * optimiser (:func:`ultradino_monai.optim.build_adamw`): AdamW lr 1e-4, wd 0.01, betas
   (0.9, 0.999), layer-wise lr decay 0.99 *applied* (UltraDINO's constructor computed it but AdamW
-  ignored it, §1.5 / §1.4(a); ``layer_decay false`` reproduces that: one lr and wd for all);
+  ignored it, docs/recipe.md §1.5 / §1.4(a); ``layer_decay false`` reproduces that: one lr and wd for all);
 * schedule (:func:`ultradino_monai.optim.warmup_poly_scheduler`): linear warmup from 1e-6 over
   1500 iterations, then poly (power 1) to 0.
 

@@ -98,7 +98,7 @@ def segmentation_transforms(
     the first random transform.
 
     Args:
-        image_size: network grid ``(H, W)`` (UltraDINO: 224, §1.5).
+        image_size: network grid ``(H, W)`` (UltraDINO: 224, docs/recipe.md §1.5).
         mean, std: per-model-channel normalisation on [0, 1] (from the backbone checkpoint).
         in_chans: model input channels (1, or 3 for natural-image backbones).
         train: add the augmentation.

@@ -78,7 +78,7 @@ class ValidationRecorder:
 class FinalValidationHandler:
     """Validate once more when training stops between two validations.
 
-    mmengine's iteration-based loop (UltraDINO, §1.5) validates every ``interval`` iterations
+    mmengine's iteration-based loop (UltraDINO, docs/recipe.md §1.5) validates every ``interval`` iterations
     *and* at the last one; MONAI's ``ValidationHandler`` covers the first part. At the
     trainer's ``COMPLETED`` this runs ``validator`` if the last iteration was not a multiple of
     ``interval`` (so the final weights can still become the best checkpoint).

@@ -12,7 +12,7 @@ __all__ = ["SigmoidDiceCELoss", "segmentation_loss"]
 
 
 class SigmoidDiceCELoss(nn.Module):
-    """Cross-entropy + mmseg 1.2.2's default ``DiceLoss`` (UltraDINO's loss, §1.5), for exact parity.
+    """Cross-entropy + mmseg 1.2.2's default ``DiceLoss`` (UltraDINO's loss, docs/recipe.md §1.5), for exact parity.
 
     Per image, with the class, row and column axes flattened together:
     ``dice = 2 Σ p·t / (Σ p² + eps + Σ t² + eps)`` with ``p = sigmoid(logits)`` (not
@@ -53,7 +53,7 @@ def segmentation_loss(kind: str = "dice_ce") -> nn.Module:
 
     ``"dice_ce"`` (default): MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``, softmax Dice
     averaged over classes and images plus CE. ``"mmseg_sigmoid_dice_ce"``: :class:`SigmoidDiceCELoss`,
-    exactly UltraDINO's CE + mmseg sigmoid Dice (§1.5).
+    exactly UltraDINO's CE + mmseg sigmoid Dice (docs/recipe.md §1.5).
     """
     kind = str(kind).lower()
     if kind == "dice_ce":

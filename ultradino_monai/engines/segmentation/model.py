@@ -77,7 +77,7 @@ def build_segmenter(
     std: Sequence[float] | None = None,
     trust_pickle: bool = False,
 ) -> BuiltSegmenter:
-    """ViT backbone (pretrained or random) + UperNet, as UltraDINO's mmseg ``EncoderDecoder`` (§1.5).
+    """ViT backbone (pretrained or random) + UperNet, as UltraDINO's mmseg ``EncoderDecoder`` (docs/recipe.md §1.5).
 
     Args:
         pretrained_ckpt: backbone weights (UltraDINO export, DINOv2/iBOT/USFM/timm file) or
@@ -87,17 +87,18 @@ def build_segmenter(
         arch: expected arch of the checkpoint (checked against the file), optional.
         in_chans: model input channels (1; 3 for natural-image weights used as such).
         img_size: grid the position embedding is resampled to (224); ``None`` keeps the file's.
-        drop_path_rate: stochastic depth, 0.4 in UltraDINO's segmentation backbone (§1.5).
-        drop_path_uniform: ``False`` = linear per-depth rule 0 -> rate (§1.5 ``drop_path_uniform False``).
+        drop_path_rate: stochastic depth, 0.4 in UltraDINO's segmentation backbone (docs/recipe.md §1.5).
+        drop_path_uniform: ``False`` = linear per-depth rule 0 -> rate (docs/recipe.md §1.5
+            ``drop_path_uniform False``).
         keep_registers: ``True`` keeps the checkpoint's register tokens (paper-fidelity default);
             ``False`` drops them, as UltraDINO's public segmentation code silently did
-            (``num_register_tokens`` hard-coded to 0, §1.5 / §4).
+            (``num_register_tokens`` hard-coded to 0, docs/recipe.md §1.5 / §4).
         out_indices, decoder_channels, pool_scales, dropout, decoder_norm, align_corners:
-            :class:`Segmenter` / UPerHead settings (§1.5 defaults).
+            :class:`Segmenter` / UPerHead settings (docs/recipe.md §1.5 defaults).
         scratch_arch, scratch_num_register_tokens, scratch_overrides: the random backbone
             when ``pretrained_ckpt`` is None (``scratch_overrides`` e.g. ``{"depth": 6}``).
         scratch_init_values: LayerScale init of a random backbone (1.0, the mmseg config's
-            ``init_values``, §1.5; a checkpoint brings its own gamma).
+            ``init_values``, docs/recipe.md §1.5; a checkpoint brings its own gamma).
         mean, std: override the normalisation of the checkpoint's source.
         trust_pickle: allow pickled objects in the checkpoint file (trusted files only).
     """
