@@ -103,9 +103,12 @@ def int8_matmul_peak_gops(threads: int, workdir: Path, size: int = 2048, repeats
     rng = np.random.default_rng(0)
     weights = numpy_helper.from_array(rng.integers(-128, 128, (size, size), dtype=np.int8), "B")
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["C"])], "int8_gemm",
+        [helper.make_node("MatMulInteger", ["A", "B"], ["C"])],
+        "int8_gemm",
         [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
-        [helper.make_tensor_value_info("C", TensorProto.INT32, [size, size])], initializer=[weights])
+        [helper.make_tensor_value_info("C", TensorProto.INT32, [size, size])],
+        initializer=[weights],
+    )
     path = workdir / "int8_gemm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     session = cpu_session(path, threads=threads)
@@ -162,11 +165,16 @@ def stream_figures(model_path: Path, frame, streams: int, frames: int, repeats: 
     def percentile(values: list[float], q: float) -> float:
         return sorted(values)[max(0, int(round(q * len(values))) - 1)]
 
-    return {"fps": statistics.median(closed_fps), "worst_fps": min(closed_fps),
-            "median_latency_ms": 1e3 * statistics.median(closed_latencies),
-            "p90_latency_ms": 1e3 * percentile(closed_latencies, 0.9),
-            "feed_fps": feed_fps, "feed_median_ms": 1e3 * statistics.median(feed_latencies),
-            "feed_p90_ms": 1e3 * percentile(feed_latencies, 0.9), "feed_max_ms": 1e3 * max(feed_latencies)}
+    return {
+        "fps": statistics.median(closed_fps),
+        "worst_fps": min(closed_fps),
+        "median_latency_ms": 1e3 * statistics.median(closed_latencies),
+        "p90_latency_ms": 1e3 * percentile(closed_latencies, 0.9),
+        "feed_fps": feed_fps,
+        "feed_median_ms": 1e3 * statistics.median(feed_latencies),
+        "feed_p90_ms": 1e3 * percentile(feed_latencies, 0.9),
+        "feed_max_ms": 1e3 * max(feed_latencies),
+    }
 
 
 def count_flops(model: torch.nn.Module, frame: torch.Tensor) -> int:
@@ -175,8 +183,9 @@ def count_flops(model: torch.nn.Module, frame: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def build_variants(model: torch.nn.Module, frame: torch.Tensor, onnx_files: tuple[Path, Path],
-                   threads: int) -> dict[str, callable]:
+def build_variants(
+    model: torch.nn.Module, frame: torch.Tensor, onnx_files: tuple[Path, Path], threads: int
+) -> dict[str, callable]:
     def eager(x):
         return model(x)
 
@@ -198,13 +207,23 @@ def build_variants(model: torch.nn.Module, frame: torch.Tensor, onnx_files: tupl
     def onnxruntime_run(name):
         return lambda x: torch.from_numpy(sessions[name].run(None, {"image": x.numpy()})[0])
 
-    return {"eager fp32": eager, "eager bf16 autocast": eager_bf16, "torchscript fp32 (traced, frozen)": scripted,
-            "onnxruntime fp32": onnxruntime_run("fp32"), "onnxruntime int8 (dynamic)": onnxruntime_run("int8")}
+    return {
+        "eager fp32": eager,
+        "eager bf16 autocast": eager_bf16,
+        "torchscript fp32 (traced, frozen)": scripted,
+        "onnxruntime fp32": onnxruntime_run("fp32"),
+        "onnxruntime int8 (dynamic)": onnxruntime_run("int8"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads, and the number of streams (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch and onnxruntime intra-op threads, and the number of streams (default 2)",
+    )
     parser.add_argument("--arch", default="vit_small", help="backbone arch (default vit_small)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per variant")
@@ -240,20 +259,30 @@ def main(argv: list[str] | None = None) -> int:
                 run(frame)
                 times[name].append(time.perf_counter() - start)
 
-    streaming = {precision: stream_figures(path, frame.numpy(), args.threads, args.stream_frames,
-                                           args.stream_repeats, args.feed_fps)
-                 for precision, path in zip(("fp32", "int8"), onnx_files)}
-    peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16),
-            "int8": int8_matmul_peak_gops(args.threads, workdir)}
+    streaming = {
+        precision: stream_figures(
+            path, frame.numpy(), args.threads, args.stream_frames, args.stream_repeats, args.feed_fps
+        )
+        for precision, path in zip(("fp32", "int8"), onnx_files)
+    }
+    peak = {
+        "fp32": matmul_peak_gflops(torch.float32),
+        "bf16": matmul_peak_gflops(torch.bfloat16),
+        "int8": int8_matmul_peak_gops(args.threads, workdir),
+    }
     scratch.cleanup()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print()
     print(f"CPU: {cpu_name()} | {os.cpu_count()} logical CPUs | torch {torch.__version__} | threads {args.threads}")
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other processes share the cores)")
-    print(f"model: Classifier({args.arch}/16, 4 registers) at {args.image_size}x{args.image_size}, 1 channel: "
-          f"{flops / 1e9:.2f} GFLOP per frame")
-    print(f"dense matmul peak in this process: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s, "
-          f"int8 (onnxruntime MatMulInteger) {peak['int8']:.1f} GOP/s")
+    print(
+        f"model: Classifier({args.arch}/16, 4 registers) at {args.image_size}x{args.image_size}, 1 channel: "
+        f"{flops / 1e9:.2f} GFLOP per frame"
+    )
+    print(
+        f"dense matmul peak in this process: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s, "
+        f"int8 (onnxruntime MatMulInteger) {peak['int8']:.1f} GOP/s"
+    )
     print()
     print(f"{'variant':<36}{'median ms':>10}{'p90 ms':>9}{'frames/s':>10}{'GFLOP/s':>9}{'/ peak':>8}")
     results = []
@@ -262,37 +291,76 @@ def main(argv: list[str] | None = None) -> int:
         p90 = sorted(samples)[max(0, int(round(0.9 * len(samples))) - 1)]
         achieved = flops / median / 1e9
         reference_peak = peak["bf16"] if "bf16" in name else peak["int8"] if "int8" in name else peak["fp32"]
-        results.append({"variant": name, "median_ms": 1e3 * median, "p90_ms": 1e3 * p90, "fps": 1.0 / median,
-                        "gflops": achieved, "fraction_of_peak": achieved / reference_peak})
-        print(f"{name:<36}{1e3 * median:>10.1f}{1e3 * p90:>9.1f}{1.0 / median:>10.1f}{achieved:>9.1f}"
-              f"{achieved / reference_peak:>8.2f}")
-    print(f"\nstreaming: {args.threads} single-threaded onnxruntime session(s), each frame on a free one; "
-          f"closed loop {args.stream_repeats} x {args.stream_frames} frames ({args.threads} in flight), then a "
-          f"live feed of {args.stream_frames} frames at {args.feed_fps:.0f} frames/s")
-    print(f"{'variant':<36}{'median ms':>10}{'p90 ms':>9}{'frames/s':>10}{'worst':>7}{'GFLOP/s':>9}{'/ peak':>8}"
-          f"{'feed median / p90 / max ms':>30}")
+        results.append(
+            {
+                "variant": name,
+                "median_ms": 1e3 * median,
+                "p90_ms": 1e3 * p90,
+                "fps": 1.0 / median,
+                "gflops": achieved,
+                "fraction_of_peak": achieved / reference_peak,
+            }
+        )
+        print(
+            f"{name:<36}{1e3 * median:>10.1f}{1e3 * p90:>9.1f}{1.0 / median:>10.1f}{achieved:>9.1f}"
+            f"{achieved / reference_peak:>8.2f}"
+        )
+    print(
+        f"\nstreaming: {args.threads} single-threaded onnxruntime session(s), each frame on a free one; "
+        f"closed loop {args.stream_repeats} x {args.stream_frames} frames ({args.threads} in flight), then a "
+        f"live feed of {args.stream_frames} frames at {args.feed_fps:.0f} frames/s"
+    )
+    print(
+        f"{'variant':<36}{'median ms':>10}{'p90 ms':>9}{'frames/s':>10}{'worst':>7}{'GFLOP/s':>9}{'/ peak':>8}"
+        f"{'feed median / p90 / max ms':>30}"
+    )
     for precision, figures in streaming.items():
         name = f"stream x{args.threads} onnxruntime {precision}"
         achieved = flops * figures["fps"] / 1e9
-        results.append({"variant": name, **figures, "median_ms": figures["median_latency_ms"],
-                        "p90_ms": figures["p90_latency_ms"], "gflops": achieved,
-                        "fraction_of_peak": achieved / peak[precision]})
+        results.append(
+            {
+                "variant": name,
+                **figures,
+                "median_ms": figures["median_latency_ms"],
+                "p90_ms": figures["p90_latency_ms"],
+                "gflops": achieved,
+                "fraction_of_peak": achieved / peak[precision],
+            }
+        )
         feed = f"{figures['feed_median_ms']:.1f} / {figures['feed_p90_ms']:.1f} / {figures['feed_max_ms']:.1f}"
-        print(f"{name:<36}{figures['median_latency_ms']:>10.1f}{figures['p90_latency_ms']:>9.1f}"
-              f"{figures['fps']:>10.1f}{figures['worst_fps']:>7.1f}{achieved:>9.1f}"
-              f"{achieved / peak[precision]:>8.2f}{feed:>30}")
-    print("(int8 rows: the attention products stay fp32, about 9 % of the FLOPs, so / peak understates the "
-          "int8 GEMMs' own efficiency)")
+        print(
+            f"{name:<36}{figures['median_latency_ms']:>10.1f}{figures['p90_latency_ms']:>9.1f}"
+            f"{figures['fps']:>10.1f}{figures['worst_fps']:>7.1f}{achieved:>9.1f}"
+            f"{achieved / peak[precision]:>8.2f}{feed:>30}"
+        )
+    print(
+        "(int8 rows: the attention products stay fp32, about 9 % of the FLOPs, so / peak understates the "
+        "int8 GEMMs' own efficiency)"
+    )
     best = max(results, key=lambda r: r["fps"])
     verdict = "meets" if best["fps"] >= REAL_TIME_FPS else "misses"
-    print(f"\nbest: {best['variant']} at {best['fps']:.1f} frames/s: {verdict} the {REAL_TIME_FPS:.0f} frames/s "
-          f"real-time target on {args.threads} thread(s)")
+    print(
+        f"\nbest: {best['variant']} at {best['fps']:.1f} frames/s: {verdict} the {REAL_TIME_FPS:.0f} frames/s "
+        f"real-time target on {args.threads} thread(s)"
+    )
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "cpu": cpu_name(), "threads": args.threads, "load_average": list(load), "torch": torch.__version__,
-            "arch": args.arch, "image_size": args.image_size, "gflop_per_frame": flops / 1e9,
-            "peak_gflops": peak, "results": results, "real_time_fps": REAL_TIME_FPS,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cpu": cpu_name(),
+                    "threads": args.threads,
+                    "load_average": list(load),
+                    "torch": torch.__version__,
+                    "arch": args.arch,
+                    "image_size": args.image_size,
+                    "gflop_per_frame": flops / 1e9,
+                    "peak_gflops": peak,
+                    "results": results,
+                    "real_time_fps": REAL_TIME_FPS,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -102,7 +102,9 @@ def timed(function, repeats: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archive", type=Path, help="existing folder of DICOM files (default: generate the demo archive)")
+    parser.add_argument(
+        "--archive", type=Path, help="existing folder of DICOM files (default: generate the demo archive)"
+    )
     parser.add_argument("--patients", type=int, default=6, help="demo archive size when generating (default 6)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             output = scratch / f"ingest_w{workers}"
 
-            def ingest():
+            def ingest(output=output, workers=workers):
                 shutil.rmtree(output, ignore_errors=True)
                 return run_ingest(archive, output, key, config, workers=workers, progress=False)
 
@@ -149,21 +151,32 @@ def main(argv: list[str] | None = None) -> int:
             frames = source_frames(output)
             per_worker[workers], per_cpu[workers] = frames / seconds, frames / cpu
             rows.append(("ingest (full de-id)", workers, seconds, cpu, frames))
-        print(f"converted by ingest: {report['files']['converted']} of {report['files']['found']} inputs "
-              f"(naive decoded {naive_files} US files); load average {os.getloadavg()[0]:.1f}; best of {args.repeats}")
-        print(f"{'method':<22}{'workers':>8}{'wall s':>8}{'CPU s':>8}{'frames':>8}{'frames/s':>10}{'MB/s':>8}{'frames/CPU-s':>14}")
+        print(
+            f"converted by ingest: {report['files']['converted']} of {report['files']['found']} inputs "
+            f"(naive decoded {naive_files} US files); load average {os.getloadavg()[0]:.1f}; best of {args.repeats}"
+        )
+        print(
+            f"{'method':<22}{'workers':>8}{'wall s':>8}{'CPU s':>8}{'frames':>8}{'frames/s':>10}{'MB/s':>8}"
+            f"{'frames/CPU-s':>14}"
+        )
         for name, workers, seconds, cpu, frames in rows:
-            print(f"{name:<22}{workers:>8}{seconds:>8.2f}{cpu:>8.2f}{frames:>8}{frames / seconds:>10.1f}"
-                  f"{megabytes / seconds:>8.1f}{frames / cpu:>14.1f}")
+            print(
+                f"{name:<22}{workers:>8}{seconds:>8.2f}{cpu:>8.2f}{frames:>8}{frames / seconds:>10.1f}"
+                f"{megabytes / seconds:>8.1f}{frames / cpu:>14.1f}"
+            )
         if 1 in per_worker:
             ratio = per_worker[1] / naive_fps
             cpu_ratio = per_cpu[1] / (naive_frames / naive_cpu)
-            print(f"ingest/naive per worker: {ratio:.2f}x wall, {cpu_ratio:.2f}x per CPU-second "
-                  f"(target >= 0.8x): {'met' if min(ratio, cpu_ratio) >= 0.8 else 'NOT met'}")
+            print(
+                f"ingest/naive per worker: {ratio:.2f}x wall, {cpu_ratio:.2f}x per CPU-second "
+                f"(target >= 0.8x): {'met' if min(ratio, cpu_ratio) >= 0.8 else 'NOT met'}"
+            )
             for workers, fps in per_worker.items():
                 if workers > 1:
-                    print(f"scaling {workers} workers: {fps / per_worker[1]:.2f}x of 1 worker (linear = {workers}.00x; "
-                          f"{os.cpu_count()} CPUs on this machine, load average above)")
+                    print(
+                        f"scaling {workers} workers: {fps / per_worker[1]:.2f}x of 1 worker (linear = {workers}.00x; "
+                        f"{os.cpu_count()} CPUs on this machine, load average above)"
+                    )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -75,12 +75,16 @@ def torchvision_reference(global_size: int, local_size: int, n_local: int, pil: 
     """The DataAugmentationDINUS recipe (docs/recipe.md §1.3 / §2.4) with torchvision.transforms.v2."""
     bicubic = v2.InterpolationMode.BICUBIC
     geometric_global = v2.Compose(
-        [v2.RandomResizedCrop(global_size, scale=(0.32, 1.0), interpolation=bicubic, antialias=True),
-         v2.RandomVerticalFlip(p=0.5)]
+        [
+            v2.RandomResizedCrop(global_size, scale=(0.32, 1.0), interpolation=bicubic, antialias=True),
+            v2.RandomVerticalFlip(p=0.5),
+        ]
     )
     geometric_local = v2.Compose(
-        [v2.RandomResizedCrop(local_size, scale=(0.05, 0.32), interpolation=bicubic, antialias=True),
-         v2.RandomVerticalFlip(p=0.5)]
+        [
+            v2.RandomResizedCrop(local_size, scale=(0.05, 0.32), interpolation=bicubic, antialias=True),
+            v2.RandomVerticalFlip(p=0.5),
+        ]
     )
     jitter = v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.0)], p=0.8)
 

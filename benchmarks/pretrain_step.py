@@ -68,7 +68,9 @@ def synthetic_batches(batch: int, global_size: int, local_size: int, n_local: in
     samples = []
     for _ in range(batch):
         sample = {f"global_{i}": torch.randn(1, global_size, global_size, generator=generator) for i in range(2)}
-        sample.update({f"local_{i}": torch.randn(1, local_size, local_size, generator=generator) for i in range(n_local)})
+        sample.update(
+            {f"local_{i}": torch.randn(1, local_size, local_size, generator=generator) for i in range(n_local)}
+        )
         samples.append(sample)
     while True:
         yield collate(samples)
@@ -85,17 +87,23 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    print(f"# DINOv2 pretraining step: {args.arch}/16, batch {args.batch}, crops 2x{args.global_size} + "
-          f"{args.n_local}x{args.local_size}, K={args.prototypes}, device {device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"# DINOv2 pretraining step: {args.arch}/16, batch {args.batch}, crops 2x{args.global_size} + "
+        f"{args.n_local}x{args.local_size}, K={args.prototypes}, device {device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     if device.type == "cpu" and "bfloat16" in args.dtypes:
-        print(f"# CPU bf16 support (mkldnn_bf16): {torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        print(f"# CPU bf16 support (mkldnn_bf16): {supported}")
     print("dtype     img/s   step_s  GFLOP/step  GFLOP/s  matmul_peak_GFLOP/s  ratio_to_peak  peak_RSS_MB")
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
@@ -105,13 +113,25 @@ def main(argv=None) -> int:
         teacher = pretrain.make_teacher(student)
         optimizer = build_adamw(student, lr=0.0, weight_decay=0.0, layer_decay_rate=0.9, patch_embed_lr_mult=0.2)
         epochs, epoch_length = 2, args.steps + args.warmup + 1
-        schedules = build_dino_schedules(0.004, args.batch, epochs, epoch_length, 0, 1e-6, 0.04, 0.4, 0.992, 1.0,
-                                         0.07, 0.04, 0, 0)
+        schedules = build_dino_schedules(
+            0.004, args.batch, epochs, epoch_length, 0, 1e-6, 0.04, 0.4, 0.992, 1.0, 0.07, 0.04, 0, 0
+        )
         loader = synthetic_batches(args.batch, args.global_size, args.local_size, args.n_local, 16)
         trainer = DinoTrainer(
-            device, epochs, epoch_length, loader, student, teacher, optimizer, schedules,
-            DINOLoss(args.prototypes).to(device), iBOTPatchLoss(args.prototypes).to(device), KoLeoLoss(),
-            n_local_crops=args.n_local, amp=dtype != torch.float32, amp_dtype=dtype_name if dtype != torch.float32 else "bfloat16",
+            device,
+            epochs,
+            epoch_length,
+            loader,
+            student,
+            teacher,
+            optimizer,
+            schedules,
+            DINOLoss(args.prototypes).to(device),
+            iBOTPatchLoss(args.prototypes).to(device),
+            KoLeoLoss(),
+            n_local_crops=args.n_local,
+            amp=dtype != torch.float32,
+            amp_dtype=dtype_name if dtype != torch.float32 else "bfloat16",
         )
         trainer.state.iteration = 1
         trainer.state.epoch = 1
@@ -137,8 +157,10 @@ def main(argv=None) -> int:
         peak = matmul_peak(dtype, device)
         achieved = flops / step_s / 1e9
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{dtype_name:8s} {args.batch / step_s:7.2f} {step_s:8.3f} {flops / 1e9:11.1f} {achieved:8.1f} "
-              f"{peak:20.1f} {achieved / peak:14.2f} {rss_mb:12.0f}")
+        print(
+            f"{dtype_name:8s} {args.batch / step_s:7.2f} {step_s:8.3f} {flops / 1e9:11.1f} {achieved:8.1f} "
+            f"{peak:20.1f} {achieved / peak:14.2f} {rss_mb:12.0f}"
+        )
         sys.stdout.flush()
     return 0
 

@@ -132,7 +132,9 @@ def _check_member(info: zipfile.ZipInfo, archive: str) -> tuple[str, ...]:
     parts = safe_member_parts(info.filename)
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a symbolic link; refusing to read this archive")
+        raise UnsafeArchiveError(
+            f"{archive}: member {info.filename!r} is a symbolic link; refusing to read this archive"
+        )
     if info.flag_bits & 0x1:
         raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is encrypted; decrypt the archive first")
     return parts
@@ -342,4 +344,3 @@ def check_counts(found: Mapping[str, int], expected: Mapping[str, int | None], h
     ]
     if problems:
         raise CountMismatchError("; ".join(problems) + f". {hint}")
-

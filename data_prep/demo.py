@@ -92,8 +92,14 @@ SCALES: dict[str, DemoScale] = {
     "default": DemoScale(archive=ArchiveConfig()),
     # for tests: every file type and SOP class, default-size DICOM frames, a few of everything else
     "tiny": DemoScale(
-        archive=ArchiveConfig(n_patients=2, studies_per_patient=(1, 1), stills_per_study=(2, 2), cines_per_study=(1, 1),
-                              cine_frames=(3, 3), worksheets=1),
+        archive=ArchiveConfig(
+            n_patients=2,
+            studies_per_patient=(1, 1),
+            stills_per_study=(2, 2),
+            cines_per_study=(1, 1),
+            cine_frames=(3, 3),
+            worksheets=1,
+        ),
         planes_per_class=4,
         plane_shapes=((120, 160), (128, 176)),
         images_per_plane_patient=4,
@@ -122,8 +128,9 @@ def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
 PNG_COMPRESS_LEVEL = 1
 
 
-def split_patients(patients: Sequence[str], rng: np.random.Generator, fractions=(0.6, 0.2, 0.2),
-                   strata: dict[str, int] | None = None) -> dict[str, str]:
+def split_patients(
+    patients: Sequence[str], rng: np.random.Generator, fractions=(0.6, 0.2, 0.2), strata: dict[str, int] | None = None
+) -> dict[str, str]:
     """Assign each patient to training/validation/test (patient-grouped, seeded).
 
     ``strata`` (patient -> stratum) spreads every stratum over all sections, so e.g. every
@@ -210,8 +217,12 @@ def generate_planes(out_dir: Path, seed: int, scale: DemoScale) -> dict:
     sections = _sections(items, assignment)
     write_datalist(root / "datalist.json", sections, classes=list(PLANE_CLASSES))
     counts = np.bincount([it["label"] for it in items], minlength=n_classes).tolist()
-    return {"images": len(items), "patients": len(strata), "per_class": counts,
-            "sections": {k: len(v) for k, v in sections.items()}}
+    return {
+        "images": len(items),
+        "patients": len(strata),
+        "per_class": counts,
+        "sections": {k: len(v) for k, v in sections.items()},
+    }
 
 
 def generate_fass(out_dir: Path, seed: int, scale: DemoScale) -> dict:
@@ -220,8 +231,14 @@ def generate_fass(out_dir: Path, seed: int, scale: DemoScale) -> dict:
     items = []
     for p in range(scale.fass_patients):
         patient = f"P{p + 1:03d}"
-        frames = render_sequence("Fetal abdomen", _rng(seed, 20, p), scale.fass_per_patient, scale.fass_shape,
-                                 with_label=True, max_rock_lines=10)
+        frames = render_sequence(
+            "Fetal abdomen",
+            _rng(seed, 20, p),
+            scale.fass_per_patient,
+            scale.fass_shape,
+            with_label=True,
+            max_rock_lines=10,
+        )
         for j, frame in enumerate(frames):
             name = f"{patient}_{j + 1:02d}.png"
             write_png_atomic(root / "images" / name, frame.image, compress_level=PNG_COMPRESS_LEVEL)
@@ -256,13 +273,16 @@ def generate_jnu(out_dir: Path, seed: int, scale: DemoScale) -> dict:
             name = f"{video}_{k + 1:04d}.png"
             write_png_atomic(root / "images" / name, frame.image, compress_level=PNG_COMPRESS_LEVEL)
             write_png_atomic(root / "labels" / name, frame.label, compress_level=PNG_COMPRESS_LEVEL)
-            items.append({"image": f"images/{name}", "label": f"labels/{name}",
-                          "patient": patient, "video": video})
+            items.append({"image": f"images/{name}", "label": f"labels/{name}", "patient": patient, "video": video})
     assignment = split_patients([it["patient"] for it in items], _rng(seed, 32), scale.split)
     sections = _sections(items, assignment)
     write_datalist(root / "datalist.json", sections, labels=dict(JNU_LABELS))
-    return {"images": len(items), "videos": len(videos), "patients": n_patients,
-            "sections": {k: len(v) for k, v in sections.items()}}
+    return {
+        "images": len(items),
+        "videos": len(videos),
+        "patients": n_patients,
+        "sections": {k: len(v) for k, v in sections.items()},
+    }
 
 
 def generate_archive(out_dir: Path, seed: int, scale: DemoScale) -> dict:
@@ -270,8 +290,8 @@ def generate_archive(out_dir: Path, seed: int, scale: DemoScale) -> dict:
     record = write_archive(out_dir / "archive", seed, scale.archive, relative_to=out_dir)
     document = {
         "description": "Every PHI value planted in the synthetic archive (names, IDs, dates, times, UIDs, "
-                       "institutions, addresses, devices), per-file inventory with burned-in banner text. "
-                       "All values are fake. Paths are relative to this file.",
+        "institutions, addresses, devices), per-file inventory with burned-in banner text. "
+        "All values are fake. Paths are relative to this file.",
         "version": DEMO_VERSION,
         **record,
     }
@@ -284,7 +304,9 @@ def generate_archive(out_dir: Path, seed: int, scale: DemoScale) -> dict:
         "us_files": len(dicoms),
         "frames": record["frames"],
         "multi_frame_files": sum(f["frames"] > 1 for f in dicoms),
-        "photometric": {pi: sum(f["photometric"] == pi for f in dicoms) for pi in ("MONOCHROME2", "RGB", "YBR_FULL_422")},
+        "photometric": {
+            pi: sum(f["photometric"] == pi for f in dicoms) for pi in ("MONOCHROME2", "RGB", "YBR_FULL_422")
+        },
         "frames_per_plane": {c: sum(f["planes"].count(c) for f in dicoms) for c in PLANE_CLASSES},
     }
 
@@ -308,8 +330,13 @@ def is_complete(out_dir: str | os.PathLike, seed: int, scale: str = "default") -
     """True if ``out_dir`` holds a complete demo of this seed, scale and generator version."""
     out_dir = Path(out_dir)
     marker = _read_marker(out_dir)
-    if not (marker is not None and marker.get("seed") == seed and marker.get("version") == DEMO_VERSION
-            and marker.get("scale") == scale and isinstance(marker.get("files"), list)):
+    if not (
+        marker is not None
+        and marker.get("seed") == seed
+        and marker.get("version") == DEMO_VERSION
+        and marker.get("scale") == scale
+        and isinstance(marker.get("files"), list)
+    ):
         return False
     # files a user added (split files, notes) do not make the demo incomplete; missing ones do
     return all((out_dir / relative).is_file() for relative in marker["files"])
@@ -365,10 +392,20 @@ def generate_demo(out_dir: str | os.PathLike, seed: int = 0, scale: str = "defau
     files = [path.relative_to(out_dir).as_posix() for path in _owned_files(out_dir)]
     summary["file_count"] = len(files)
     # the marker goes last: its presence means everything it lists is on disk
-    write_json_atomic(out_dir / MARKER, {"seed": seed, "version": DEMO_VERSION, "scale": scale,
-                                         "file_count": len(files), "files": files, "summary": summary})
-    logger.info("demo data written to %s in %.1f s (%d files)", out_dir, time.perf_counter() - started,
-                summary["file_count"])
+    write_json_atomic(
+        out_dir / MARKER,
+        {
+            "seed": seed,
+            "version": DEMO_VERSION,
+            "scale": scale,
+            "file_count": len(files),
+            "files": files,
+            "summary": summary,
+        },
+    )
+    logger.info(
+        "demo data written to %s in %.1f s (%d files)", out_dir, time.perf_counter() - started, summary["file_count"]
+    )
     return {**summary, "regenerated": True, "out_dir": str(out_dir)}
 
 
@@ -401,8 +438,9 @@ def demo_lock(demo_dir: str | os.PathLike) -> Iterator[Path]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure_demo(demo_dir: str | os.PathLike, scale: str = "default", *, seed: int = DEMO_SEED,
-                force: bool = False) -> dict:
+def ensure_demo(
+    demo_dir: str | os.PathLike, scale: str = "default", *, seed: int = DEMO_SEED, force: bool = False
+) -> dict:
     """The shared demo data in ``demo_dir``: generated under :func:`demo_lock`, skipped when complete.
 
     Every bundle and the experiment runner go through this (or :func:`ensure_ingested_demo`),
@@ -414,8 +452,9 @@ def ensure_demo(demo_dir: str | os.PathLike, scale: str = "default", *, seed: in
         return generate_demo(demo_dir, seed=seed, scale=scale, force=force)
 
 
-def ensure_ingested_demo(demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None,
-                         scale: str = "default") -> Path:
+def ensure_ingested_demo(
+    demo_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, scale: str = "default"
+) -> Path:
     """The demo pretraining data: the demo (seed 0) and its archive ingested into ``dataset_dir``.
 
     ``dataset_dir`` defaults to ``demo_dir/ingested``. Under the same lock as :func:`ensure_demo`:
@@ -506,7 +545,9 @@ def make_preview(out_dir: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     for ax, (title, image) in zip(axes.ravel(), tiles):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title, fontsize=9)
-    fig.suptitle("UltraDINO-MONAI synthetic demo data (data_prep.demo, all images simulated, all PHI fake)", fontsize=11)
+    fig.suptitle(
+        "UltraDINO-MONAI synthetic demo data (data_prep.demo, all images simulated, all PHI fake)", fontsize=11
+    )
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)

@@ -195,7 +195,9 @@ def load_structures_npy(data: bytes, what: str) -> tuple[np.ndarray | None, dict
     stream = io.BytesIO(data)
     dtype = _read_npy_header(stream, what)
     if not dtype.hasobject:
-        raise ConversionError(f"{what}: expected a pickled dict with 'image' and 'structures', found a plain {dtype} array")
+        raise ConversionError(
+            f"{what}: expected a pickled dict with 'image' and 'structures', found a plain {dtype} array"
+        )
     try:
         payload = RestrictedUnpickler(stream).load()
     except UnsafePickleError as error:
@@ -273,9 +275,7 @@ def parse_patient(stem: str, pattern: re.Pattern[str]) -> str:
     """Patient id from a file stem; the regex must have a ``patient`` group (or one group)."""
     match = pattern.search(stem)
     if match is None:
-        raise ConversionError(
-            f"cannot parse a patient id from {stem!r} with {pattern.pattern!r}; pass --patient-regex"
-        )
+        raise ConversionError(f"cannot parse a patient id from {stem!r} with {pattern.pattern!r}; pass --patient-regex")
     return match.group("patient") if "patient" in pattern.groupindex else match.group(1)
 
 
@@ -362,7 +362,9 @@ def convert_fass(
     out.mkdir(parents=True, exist_ok=True)
     with SourceTree(raw, work_root=out) as tree:
         root, images, arrays, other = locate_release(tree)
-        logger.info("release root %r: %d PNGs, %d npy files, %d other files", root, len(images), len(arrays), len(other))
+        logger.info(
+            "release root %r: %d PNGs, %d npy files, %d other files", root, len(images), len(arrays), len(other)
+        )
         only_png = sorted(set(images) - set(arrays))
         only_npy = sorted(set(arrays) - set(images))
         if only_png or only_npy:
@@ -406,15 +408,17 @@ def convert_fass(
             write_png_atomic(out / "labels" / f"{stem}.png", label)
             shapes[f"{image.shape[1]}x{image.shape[0]}"] += 1
             overlap_rows.append({"image": stem, "patient": patients[stem], **overlaps})
-            items.append({"image": f"images/{stem}.png", "label": f"labels/{stem}.png",
-                          "patient": patients[stem], "id": stem})
+            items.append(
+                {"image": f"images/{stem}.png", "label": f"labels/{stem}.png", "patient": patients[stem], "id": stem}
+            )
             if number % 200 == 0:
                 logger.info("converted %d / %d", number, len(stems))
         skipped = list(tree.skipped)
 
     if mismatched:
-        logger.warning("%d ARRAY_FORMAT images differ from their PNG (the PNG is used): %s",
-                       len(mismatched), mismatched[:10])
+        logger.warning(
+            "%d ARRAY_FORMAT images differ from their PNG (the PNG is used): %s", len(mismatched), mismatched[:10]
+        )
     columns = list(overlap_rows[0]) if overlap_rows else ["image", "patient", "overlap_pixels"]
     lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in overlap_rows]
     write_text_atomic(out / "overlaps.csv", "\n".join(lines) + "\n")
@@ -467,8 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--expect-images", type=int, default=EXPECTED_IMAGES)
     parser.add_argument("--expect-patients", type=int, default=EXPECTED_PATIENTS)
     parser.add_argument("--no-count-check", action="store_true", help="skip the image / patient count check")
-    parser.add_argument("--patient-regex", default=DEFAULT_PATIENT_REGEX,
-                        help="regex with a 'patient' group applied to each file stem")
+    parser.add_argument(
+        "--patient-regex", default=DEFAULT_PATIENT_REGEX, help="regex with a 'patient' group applied to each file stem"
+    )
     parser.add_argument("--no-splits", action="store_true", help="do not write splits/")
     parser.add_argument("--fewshot-images", type=int, default=20, help="few-shot training images per draw (paper: 20)")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -213,7 +213,9 @@ def parse_ultradino_splits(split_dir: str | Path, records: Sequence[Mapping[str,
     for section, filename in _ULTRADINO_FILES.items():
         path = split_dir / filename
         if not path.is_file():
-            raise ConversionError(f"UltraDINO split file not found: {path} (expected {sorted(_ULTRADINO_FILES.values())})")
+            raise ConversionError(
+                f"UltraDINO split file not found: {path} (expected {sorted(_ULTRADINO_FILES.values())})"
+            )
         rows = _read_rows(_decode_text(path.read_bytes(), str(path)), ",", str(path), _COLUMNS + ("label",))
         names = []
         for line, row in enumerate(rows, start=2):
@@ -233,7 +235,9 @@ def parse_ultradino_splits(split_dir: str | Path, records: Sequence[Mapping[str,
             }
             for key, value in expected.items():
                 if record[key] != value:
-                    raise ConversionError(f"{where}: {key} {value!r} disagrees with the release table ({record[key]!r})")
+                    raise ConversionError(
+                        f"{where}: {key} {value!r} disagrees with the release table ({record[key]!r})"
+                    )
             names.append(name)
         sections[section] = names
     for section, names in sections.items():
@@ -386,24 +390,37 @@ def convert_fetal_planes(
                 "for another tree pass --no-count-check.",
             )
             uncovered = len(records) - sum(len(items) for items in sections.values())
-            split_info = {"kind": "ultradino", "family": "full", "dataset": DATASET,
-                          "protocol": "UltraDINO's published train/val/test split CSVs", "source": str(ultradino_splits),
-                          "images_in_no_section": uncovered}
+            split_info = {
+                "kind": "ultradino",
+                "family": "full",
+                "dataset": DATASET,
+                "protocol": "UltraDINO's published train/val/test split CSVs",
+                "source": str(ultradino_splits),
+                "images_in_no_section": uncovered,
+            }
         else:
             training, validation = patient_grouped_split(
                 pool, (1 - val_fraction, val_fraction), seed, by="images", salt=("holdout", "full", 0)
             )
             sections = {"training": training, "validation": validation, "test": test}
-            split_info = {"kind": "full", "family": "full", "dataset": DATASET, "seed": int(seed), "replicate": 0,
-                          "protocol": f"official Train=0 as test; Train=1 split {1 - val_fraction:.0%}/"
-                          f"{val_fraction:.0%} train/val by patient (= splits/full_seed0.json)"}
+            split_info = {
+                "kind": "full",
+                "family": "full",
+                "dataset": DATASET,
+                "seed": int(seed),
+                "replicate": 0,
+                "protocol": f"official Train=0 as test; Train=1 split {1 - val_fraction:.0%}/"
+                f"{val_fraction:.0%} train/val by patient (= splits/full_seed0.json)",
+            }
         check_patient_disjoint(sections, where="fetal planes sections")
 
         shapes: Counter[str] = Counter()
         modes: Counter[str] = Counter()
         jobs = [(images[record["id"]], out / record["image"]) for record in records]
         with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool_executor:
-            for number, (width, height, mode) in enumerate(pool_executor.map(lambda job: _convert_image(*job), jobs), 1):
+            for number, (width, height, mode) in enumerate(
+                pool_executor.map(lambda job: _convert_image(*job), jobs), 1
+            ):
                 shapes[f"{width}x{height}"] += 1
                 modes[mode] += 1
                 if number % 1000 == 0:
@@ -435,8 +452,11 @@ def convert_fetal_planes(
             "skipped_os_clutter": len(skipped),
         },
         "sections": {
-            section: {"images": len(items), "patients": len({i["patient"] for i in items}),
-                      "classes": _class_counts(items)}
+            section: {
+                "images": len(items),
+                "patients": len({i["patient"] for i in items}),
+                "classes": _class_counts(items),
+            }
             for section, items in sections.items()
         },
         "classes": list(CLASSES),
@@ -471,8 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("raw", type=Path, help="FETAL_PLANES_ZENODO.zip, or a folder with the release extracted")
     parser.add_argument("out", type=Path, help="output folder (outside RAW)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient-grouped train/val split (default 0)")
-    parser.add_argument("--ultradino-splits", type=Path, default=None,
-                        help="folder with UltraDINO's train_split.csv / val_split.csv / test_split.csv (exact parity)")
+    parser.add_argument(
+        "--ultradino-splits",
+        type=Path,
+        default=None,
+        help="folder with UltraDINO's train_split.csv / val_split.csv / test_split.csv (exact parity)",
+    )
     parser.add_argument("--expect-images", type=int, default=EXPECTED["images"])
     parser.add_argument("--expect-test", type=int, default=EXPECTED["test"])
     parser.add_argument("--expect-patients", type=int, default=EXPECTED["patients"])
@@ -488,8 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             seed=args.seed,
             ultradino_splits=args.ultradino_splits,
-            expected=None if args.no_count_check else
-            {"images": args.expect_images, "test": args.expect_test, "patients": args.expect_patients},
+            expected=None
+            if args.no_count_check
+            else {"images": args.expect_images, "test": args.expect_test, "patients": args.expect_patients},
             expected_ultradino=None if args.no_count_check else EXPECTED_ULTRADINO,
             write_splits=not args.no_splits,
             workers=args.workers,

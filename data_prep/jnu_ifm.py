@@ -334,9 +334,13 @@ def convert_jnu_ifm(
             grouping = f"same day and <= {max_gap_minutes:g} min start-to-start gap between consecutive videos"
         patient_count = len(set(patients.values()))
         if patient_count != EXPECTED_PATIENTS:
-            logger.warning("%d videos grouped into %d patients (the release README says %d); check patients.csv "
-                           "and pass --patient-table if the grouping is wrong",
-                           len(videos), patient_count, EXPECTED_PATIENTS)
+            logger.warning(
+                "%d videos grouped into %d patients (the release README says %d); check patients.csv "
+                "and pass --patient-table if the grouping is wrong",
+                len(videos),
+                patient_count,
+                EXPECTED_PATIENTS,
+            )
 
         frame_labels = {video: _read_frame_labels(source) for video, source in frame_label_files.items()}
         items: list[dict[str, Any]] = []
@@ -368,8 +372,13 @@ def convert_jnu_ifm(
             write_png_atomic(out / "labels" / f"{name}.png", label)
             shapes[f"{image.shape[1]}x{image.shape[0]}"] += 1
             kept_per_video[video] += 1
-            item: dict[str, Any] = {"image": f"images/{name}.png", "label": f"labels/{name}.png",
-                                    "patient": patients[video], "video": video, "id": name}
+            item: dict[str, Any] = {
+                "image": f"images/{name}.png",
+                "label": f"labels/{name}.png",
+                "patient": patients[video],
+                "video": video,
+                "id": name,
+            }
             if video in frame_labels:
                 value = _frame_label(stem, video, frame_labels[video])
                 if value is None:
@@ -437,15 +446,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output folder (outside RAW)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the split files (default 0)")
     parser.add_argument("--patient-table", type=Path, help="CSV with columns video,patient (replaces the heuristic)")
-    parser.add_argument("--max-gap-minutes", type=float, default=60.0,
-                        help="heuristic: same-day videos at most this many minutes apart are one patient")
+    parser.add_argument(
+        "--max-gap-minutes",
+        type=float,
+        default=60.0,
+        help="heuristic: same-day videos at most this many minutes apart are one patient",
+    )
     parser.add_argument("--expect-frames", type=int, default=EXPECTED_FRAMES)
     parser.add_argument("--expect-videos", type=int, default=EXPECTED_VIDEOS)
     parser.add_argument("--no-count-check", action="store_true", help="skip the frame / video count check")
     parser.add_argument("--no-splits", action="store_true", help="do not write splits/")
-    parser.add_argument("--jnu-val-includes-train-patients", action="store_true",
-                        help="few-shot validation = every non-test frame not used for training (paper wording; "
-                        "not patient-grouped)")
+    parser.add_argument(
+        "--jnu-val-includes-train-patients",
+        action="store_true",
+        help="few-shot validation = every non-test frame not used for training (paper wording; not patient-grouped)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)

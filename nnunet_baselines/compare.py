@@ -81,13 +81,23 @@ def compare_results(
         "|---|---|---|---|---|---|---|",
     ]
     for row in groups:
-        lines.append(f"| {row['method']} | {row['backbone']} | {row['dataset']} | {row['split_kind']} | "
-                     f"{row['budget']} | {row['n']} | {row['mean'] * 100:.2f} ± {row['sem'] * 100:.2f} |")
+        lines.append(
+            f"| {row['method']} | {row['backbone']} | {row['dataset']} | {row['split_kind']} | "
+            f"{row['budget']} | {row['n']} | {row['mean'] * 100:.2f} ± {row['sem'] * 100:.2f} |"
+        )
     markdown = "\n".join(lines) + "\n"
-    paths = {"markdown": out_dir / "comparison.md", "table1_csv": out_dir / "table1.csv",
-             "groups_csv": out_dir / "groups.csv"}
+    paths = {
+        "markdown": out_dir / "comparison.md",
+        "table1_csv": out_dir / "table1.csv",
+        "groups_csv": out_dir / "groups.csv",
+    }
     write_text_atomic(paths["markdown"], markdown)
     write_table1_csv(paths["table1_csv"], records)
     write_aggregate_csv(paths["groups_csv"], groups)
     logger.info("compared %d records (%d groups) -> %s", len(records), len(groups), out_dir)
-    return {"markdown": markdown, "records": len(records), "groups": groups, "paths": {k: str(v) for k, v in paths.items()}}
+    return {
+        "markdown": markdown,
+        "records": len(records),
+        "groups": groups,
+        "paths": {k: str(v) for k, v in paths.items()},
+    }

@@ -162,8 +162,10 @@ def configure_environment(
                 f"{os.environ['nnUNet_def_n_proc']}; configure the environment before importing nnunetv2 "
                 "(run each pipeline in its own process, e.g. through `python -m nnunet_baselines`)"
             )
-    settings = {name: os.environ.get(name) for name in (
-        *_FOLDER_VARIABLES, "nnUNet_extTrainer", "nnUNet_def_n_proc", "nnUNet_n_proc_DA", "nnUNet_compile")}
+    settings = {
+        name: os.environ.get(name)
+        for name in (*_FOLDER_VARIABLES, "nnUNet_extTrainer", "nnUNet_def_n_proc", "nnUNet_n_proc_DA", "nnUNet_compile")
+    }
     logger.debug("nnU-Net environment: %s", settings)
     return settings
 
@@ -180,7 +182,9 @@ def select_device(device: str = "auto"):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name not in ("cuda", "cpu", "mps"):
-        raise ValueError(f"device must be auto, cuda, cpu or mps (nnU-Net picks the GPU via CUDA_VISIBLE_DEVICES); got {device!r}")
+        raise ValueError(
+            f"device must be auto, cuda, cpu or mps (nnU-Net picks the GPU via CUDA_VISIBLE_DEVICES); got {device!r}"
+        )
     if name == "cuda" and not torch.cuda.is_available():
         raise NnUNetEnvironmentError("device 'cuda' requested but torch sees no CUDA device")
     return torch.device(name)

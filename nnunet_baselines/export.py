@@ -133,8 +133,9 @@ def _resolved(path: str) -> str:
     return os.path.realpath(path)
 
 
-def split_case_ids(split_file: str | os.PathLike, datalist_items: Mapping[str, Mapping[str, Any]] | None = None
-                   ) -> dict[str, list[str]]:
+def split_case_ids(
+    split_file: str | os.PathLike, datalist_items: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, list[str]]:
     """Case ids of a split file's ``training`` / ``validation`` / ``test`` sections, in file order.
 
     Args:
@@ -164,7 +165,8 @@ def split_case_ids(split_file: str | os.PathLike, datalist_items: Mapping[str, M
             if identifier in seen:
                 raise ExportError(
                     f"{split_file}: case id {identifier!r} appears twice ({seen[identifier]} and {section}); "
-                    "give the items unique 'id' values")
+                    "give the items unique 'id' values"
+                )
             seen[identifier] = section
             ids.append(identifier)
         result[key] = ids
@@ -174,8 +176,9 @@ def split_case_ids(split_file: str | os.PathLike, datalist_items: Mapping[str, M
 def _preprocess(items: Sequence[Mapping[str, Any]], size: tuple[int, int]):
     from ultradino_monai.transforms.ultrasound import ultrasound_preprocessing
 
-    chain = ultrasound_preprocessing(image_key="image", label_key="label", spatial_size=size,
-                                     normalization="none", in_chans=1)
+    chain = ultrasound_preprocessing(
+        image_key="image", label_key="label", spatial_size=size, normalization="none", in_chans=1
+    )
     for item in items:
         out = chain({"image": item["image"], "label": item["label"]})
         image = np.asarray(out["image"].detach().cpu().numpy()[0], dtype=np.float32)
@@ -190,7 +193,8 @@ def _prepare_folder(dataset_dir: Path) -> None:
             if any(dataset_dir.iterdir()):
                 raise ExportError(
                     f"{dataset_dir} exists and was not written by nnunet_baselines (no {MANIFEST_NAME}); "
-                    "choose another dataset id / name or remove it yourself")
+                    "choose another dataset id / name or remove it yourself"
+                )
         for name in _OWNED_FOLDERS:
             if (dataset_dir / name).is_dir():
                 shutil.rmtree(dataset_dir / name)
@@ -209,7 +213,8 @@ def _check_id_free(raw_root: Path, dataset_id: int, folder: str) -> None:
         for other in root.iterdir():
             if other.name.startswith(prefix) and other.name != folder:
                 raise ExportError(
-                    f"dataset id {dataset_id} is already used by {other} ({root_var}); pick another --dataset-id")
+                    f"dataset id {dataset_id} is already used by {other} ({root_var}); pick another --dataset-id"
+                )
 
 
 def export_dataset(
@@ -275,8 +280,10 @@ def export_dataset(
     for item in by_path.values():
         identifier = case_id(item)
         if identifier in items_by_id and items_by_id[identifier]["image"] != item["image"]:
-            raise ExportError(f"{datalist}: case id {identifier!r} is shared by {items_by_id[identifier]['image']} "
-                              f"and {item['image']}; give the items unique 'id' values")
+            raise ExportError(
+                f"{datalist}: case id {identifier!r} is shared by {items_by_id[identifier]['image']} "
+                f"and {item['image']}; give the items unique 'id' values"
+            )
         items_by_id[identifier] = item
     default_dataset = dataset or document.get("dataset") or datalist.parent.name
     for fold, split_file in enumerate(split_files):
@@ -294,21 +301,24 @@ def export_dataset(
             train_ids[identifier] = items_by_id[identifier]
         for identifier in ids["test"]:
             test_ids[identifier] = items_by_id[identifier]
-        folds.append({
-            "fold": fold,
-            "split_file": str(split_file),
-            "split_sha256": info["sha256"],
-            "kind": info["kind"],
-            "dataset": info["dataset"] or default_dataset,
-            "seed": info["seed"],
-            "draw": info["draw"],
-            **ids,
-        })
+        folds.append(
+            {
+                "fold": fold,
+                "split_file": str(split_file),
+                "split_sha256": info["sha256"],
+                "kind": info["kind"],
+                "dataset": info["dataset"] or default_dataset,
+                "seed": info["seed"],
+                "draw": info["draw"],
+                **ids,
+            }
+        )
     leaked = sorted(set(train_ids) & set(test_ids))
     if leaked:
         raise ExportError(
             f"{len(leaked)} case(s) are test cases in one split file and training/validation cases in another "
-            f"(e.g. {leaked[:5]}); nnU-Net's planner would see test images. Export such split files separately.")
+            f"(e.g. {leaked[:5]}); nnU-Net's planner would see test images. Export such split files separately."
+        )
 
     folder = dataset_folder_name(dataset_id, name)
     raw_root = Path(os.environ["nnUNet_raw"])
@@ -321,7 +331,8 @@ def export_dataset(
     # fingerprint of every exported pixel, so `plan` / `train` notice a re-export with different content
     pixels = hashlib.sha256()
     for role, chosen, image_folder, label_folder in (
-        ("train", train_ids, "imagesTr", "labelsTr"), ("test", test_ids, "imagesTs", "labelsTs")
+        ("train", train_ids, "imagesTr", "labelsTr"),
+        ("test", test_ids, "imagesTs", "labelsTs"),
     ):
         for count, (item, image, label) in enumerate(_preprocess(list(chosen.values()), size), start=1):
             identifier = case_id(item)
@@ -339,16 +350,19 @@ def export_dataset(
                 logger.info("exported %d / %d %s cases", count, len(chosen), role)
 
     nnunet_labels = {("background" if index == 0 else label_name): index for label_name, index in labels.items()}
-    write_json_atomic(dataset_dir / "dataset.json", {
-        "channel_names": {"0": CHANNEL_NAME},
-        "labels": nnunet_labels,
-        "numTraining": len(train_ids),
-        "file_ending": FILE_ENDING,
-        "overwrite_image_reader_writer": "NaturalImage2DIO",
-        "name": folder,
-        "description": f"exported by nnunet_baselines from {datalist} through the shared ultrasound preprocessing "
-                       f"at {size[0]}x{size[1]}, {bit_depth}-bit PNG",
-    })
+    write_json_atomic(
+        dataset_dir / "dataset.json",
+        {
+            "channel_names": {"0": CHANNEL_NAME},
+            "labels": nnunet_labels,
+            "numTraining": len(train_ids),
+            "file_ending": FILE_ENDING,
+            "overwrite_image_reader_writer": "NaturalImage2DIO",
+            "name": folder,
+            "description": f"exported by nnunet_baselines from {datalist} through the shared ultrasound preprocessing "
+            f"at {size[0]}x{size[1]}, {bit_depth}-bit PNG",
+        },
+    )
     manifest = {
         "format": MANIFEST_FORMAT,
         "dataset_id": dataset_id,
@@ -368,16 +382,28 @@ def export_dataset(
         "labels": labels,
         "nnunet_labels": nnunet_labels,
         "cases": {
-            identifier: {"image": item["image"], "label": item["label"], "patient": item.get("patient"),
-                         "role": "test" if identifier in test_ids else "train"}
+            identifier: {
+                "image": item["image"],
+                "label": item["label"],
+                "patient": item.get("patient"),
+                "role": "test" if identifier in test_ids else "train",
+            }
             for identifier, item in sorted({**train_ids, **test_ids}.items())
         },
         "folds": folds,
     }
     manifest_path = dataset_dir / MANIFEST_NAME
     write_json_atomic(manifest_path, manifest)
-    logger.info("exported %s: %d training/validation cases, %d test cases, %d fold(s), %dx%d, %d-bit",
-                dataset_dir, written["train"], written["test"], len(folds), size[0], size[1], bit_depth)
+    logger.info(
+        "exported %s: %d training/validation cases, %d test cases, %d fold(s), %dx%d, %d-bit",
+        dataset_dir,
+        written["train"],
+        written["test"],
+        len(folds),
+        size[0],
+        size[1],
+        bit_depth,
+    )
     return manifest_path
 
 

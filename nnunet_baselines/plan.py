@@ -99,7 +99,8 @@ def planned_identifier(workdir: str | os.PathLike, dataset_id: int) -> str:
     if state.get("manifest_sha256") != _manifest_sha256(workdir, dataset_id):
         raise SplitMismatchError(
             f"dataset {dataset_id} was exported again after `plan` (the export manifest changed); rerun `plan` so "
-            "nnU-Net does not train on stale preprocessed data")
+            "nnU-Net does not train on stale preprocessed data"
+        )
     return str(state["plans_identifier"])
 
 
@@ -136,14 +137,17 @@ def verify_splits_final(
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < len(folds):
         raise SplitMismatchError(
             f"fold {fold!r} does not exist: the export has {len(folds)} split file(s) (folds 0..{len(folds) - 1}); "
-            "nnU-Net would silently train on a random 80:20 split")
+            "nnU-Net would silently train on a random 80:20 split"
+        )
     path = _preprocessed_folder(manifest["dataset_folder"]) / "splits_final.json"
     if not path.is_file():
         raise SplitMismatchError(f"{path} not found; run `plan` first")
     splits = json.loads(path.read_text())
     if not isinstance(splits, list) or len(splits) != len(folds):
-        raise SplitMismatchError(f"{path} has {len(splits) if isinstance(splits, list) else '?'} folds, "
-                                 f"the export has {len(folds)} split files; rerun `plan`")
+        raise SplitMismatchError(
+            f"{path} has {len(splits) if isinstance(splits, list) else '?'} folds, "
+            f"the export has {len(folds)} split files; rerun `plan`"
+        )
     entry = folds[fold]
     split_file = Path(entry["split_file"])
     if not split_file.is_file():
@@ -158,14 +162,17 @@ def verify_splits_final(
             raise SplitMismatchError(
                 f"{path} fold {fold} '{theirs}' differs from {split_file.name}: "
                 f"{len(found - expected)} extra (e.g. {sorted(found - expected)[:3]}), "
-                f"{len(expected - found)} missing (e.g. {sorted(expected - found)[:3]})")
+                f"{len(expected - found)} missing (e.g. {sorted(expected - found)[:3]})"
+            )
     if set(truth["train"]) & set(truth["val"]):
         raise SplitMismatchError(f"{split_file}: training and validation share cases")
     identifiers = preprocessed_identifiers(manifest["dataset_folder"], plans_identifier)
     missing = (set(truth["train"]) | set(truth["val"])) - identifiers
     if missing:
-        raise SplitMismatchError(f"fold {fold}: {len(missing)} train/val case(s) were not preprocessed, "
-                                 f"e.g. {sorted(missing)[:3]}; rerun `plan`")
+        raise SplitMismatchError(
+            f"fold {fold}: {len(missing)} train/val case(s) were not preprocessed, "
+            f"e.g. {sorted(missing)[:3]}; rerun `plan`"
+        )
     leaked = set(truth["test"]) & identifiers
     if leaked:
         raise SplitMismatchError(f"fold {fold}: test case(s) {sorted(leaked)[:3]} were preprocessed as training data")
@@ -209,22 +216,42 @@ def plan_and_preprocess(
     )
 
     logger.info("fingerprinting %s (integrity check: %s)", manifest["dataset_folder"], verify_integrity)
-    extract_fingerprints([int(dataset_id)], num_processes=processes, check_dataset_integrity=verify_integrity,
-                         clean=True, verbose=False, show_progress_bar=False)
+    extract_fingerprints(
+        [int(dataset_id)],
+        num_processes=processes,
+        check_dataset_integrity=verify_integrity,
+        clean=True,
+        verbose=False,
+        show_progress_bar=False,
+    )
     plans_identifier = plan_experiments([int(dataset_id)], planner, gpu_memory_target_in_gb=gpu_memory_target_gb)
     plans = _plans(manifest["dataset_folder"], plans_identifier)
     if CONFIGURATION not in plans.get("configurations", {}):
         raise ExportError(f"the planner made no '{CONFIGURATION}' configuration for {manifest['dataset_folder']}")
-    preprocess([int(dataset_id)], plans_identifier, configurations=(CONFIGURATION,), num_processes=[processes],
-               verbose=False, show_progress_bar=False)
-    write_json_atomic(_preprocessed_folder(manifest["dataset_folder"]) / PLAN_STATE, {
-        "plans_identifier": plans_identifier,
-        "planner": planner,
-        "manifest_sha256": _manifest_sha256(workdir, dataset_id),
-        "pixels_sha256": manifest.get("pixels_sha256"),
-    })
+    preprocess(
+        [int(dataset_id)],
+        plans_identifier,
+        configurations=(CONFIGURATION,),
+        num_processes=[processes],
+        verbose=False,
+        show_progress_bar=False,
+    )
+    write_json_atomic(
+        _preprocessed_folder(manifest["dataset_folder"]) / PLAN_STATE,
+        {
+            "plans_identifier": plans_identifier,
+            "planner": planner,
+            "manifest_sha256": _manifest_sha256(workdir, dataset_id),
+            "pixels_sha256": manifest.get("pixels_sha256"),
+        },
+    )
     write_splits_final(workdir, dataset_id, plans_identifier)
     configuration = plans["configurations"][CONFIGURATION]
-    logger.info("planned %s with %s: patch %s, batch %s", manifest["dataset_folder"], plans_identifier,
-                configuration.get("patch_size"), configuration.get("batch_size"))
+    logger.info(
+        "planned %s with %s: patch %s, batch %s",
+        manifest["dataset_folder"],
+        plans_identifier,
+        configuration.get("patch_size"),
+        configuration.get("batch_size"),
+    )
     return plans_identifier

@@ -70,8 +70,9 @@ def model_folder(dataset_folder: str, trainer: str, plans: str) -> Path:
     return Path(os.environ["nnUNet_results"]) / dataset_folder / f"{trainer}__{plans}__{CONFIGURATION}"
 
 
-def output_folders(workdir: str | os.PathLike, dataset_folder: str, trainer: str, plans: str, fold: int
-                   ) -> dict[str, Path]:
+def output_folders(
+    workdir: str | os.PathLike, dataset_folder: str, trainer: str, plans: str, fold: int
+) -> dict[str, Path]:
     """This harness's own outputs for a fold: ``predictions`` and ``results`` under ``workdir``."""
     tag = f"{trainer}__{plans}__{CONFIGURATION}"
     workdir = Path(workdir).resolve()
@@ -151,12 +152,25 @@ def train_fold(
         os.environ["nnUNet_n_proc_DA"] = str(int(augmentation_workers))
     from nnunetv2.run.run_training import run_training
 
-    logger.info("training %s fold %d (%s) with %s on %s", manifest["dataset_folder"], fold,
-                Path(fold_entry["split_file"]).name, trainer, torch_device)
+    logger.info(
+        "training %s fold %d (%s) with %s on %s",
+        manifest["dataset_folder"],
+        fold,
+        Path(fold_entry["split_file"]).name,
+        trainer,
+        torch_device,
+    )
     started = time.perf_counter()
     try:
-        run_training(str(int(dataset_id)), CONFIGURATION, int(fold), trainer_class_name=trainer,
-                     plans_identifier=plans, continue_training=continue_training, device=torch_device)
+        run_training(
+            str(int(dataset_id)),
+            CONFIGURATION,
+            int(fold),
+            trainer_class_name=trainer,
+            plans_identifier=plans,
+            continue_training=continue_training,
+            device=torch_device,
+        )
     finally:
         if augmentation_workers is not None:
             if previous_workers is None:
@@ -237,22 +251,35 @@ def predict_cases(
         stale.unlink()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=bool(tta),
-                                perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=bool(tta),
+        perform_everything_on_device=torch_device.type == "cuda",
+        device=torch_device,
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=(int(fold),), checkpoint_name=checkpoint_name)
     outputs = [str(out_dir / identifier) for identifier in case_ids]
     if num_processes and num_processes > 0:
-        predictor.predict_from_files(inputs, outputs, save_probabilities=False, overwrite=True,
-                                     num_processes_preprocessing=int(num_processes),
-                                     num_processes_segmentation_export=int(num_processes))
+        predictor.predict_from_files(
+            inputs,
+            outputs,
+            save_probabilities=False,
+            overwrite=True,
+            num_processes_preprocessing=int(num_processes),
+            num_processes_segmentation_export=int(num_processes),
+        )
     else:
         predictor.predict_from_files_sequential(inputs, outputs, save_probabilities=False, overwrite=True)
     missing = [i for i in case_ids if not (out_dir / f"{i}{FILE_ENDING}").is_file()]
     if missing:
         raise RuntimeError(f"nnUNetPredictor wrote no prediction for {len(missing)} case(s), e.g. {missing[:3]}")
-    logger.info("predicted %d cases with %s (%s) into %s", len(case_ids), checkpoint_name,
-                "TTA" if tta else "no TTA", out_dir)
+    logger.info(
+        "predicted %d cases with %s (%s) into %s", len(case_ids), checkpoint_name, "TTA" if tta else "no TTA", out_dir
+    )
     return out_dir
 
 
@@ -301,28 +328,44 @@ def select_checkpoint(
         info = _load_checkpoint_info(available[name])
         if rule == "auto":
             prediction_dir = predict_cases(
-                workdir, dataset_id, fold, entry["val"], "imagesTr", outputs["predictions"] / f"val_{name}",
-                trainer=trainer, plans=plans, checkpoint_name=CHECKPOINTS[name], device=device, tta=tta,
-                num_processes=num_processes)
+                workdir,
+                dataset_id,
+                fold,
+                entry["val"],
+                "imagesTr",
+                outputs["predictions"] / f"val_{name}",
+                trainer=trainer,
+                plans=plans,
+                checkpoint_name=CHECKPOINTS[name],
+                device=device,
+                tta=tta,
+                num_processes=num_processes,
+            )
             dice = score_folder(prediction_dir, entry["split_file"], "validation", manifest["image_size"], len(labels))
-            info.update({
-                "val_foreground_dice": dice["foreground_mean"],
-                "val_dice_per_class": dict(zip(sorted(labels, key=labels.get), dice["per_class"])),
-                "val_num_images": dice["num_images"],
-            })
+            info.update(
+                {
+                    "val_foreground_dice": dice["foreground_mean"],
+                    "val_dice_per_class": dict(zip(sorted(labels, key=labels.get), dice["per_class"])),
+                    "val_num_images": dice["num_images"],
+                }
+            )
         candidates[name] = info
     if rule == "auto":
         chosen = "final"
-        if "best" in candidates and _better(candidates["best"]["val_foreground_dice"],
-                                            candidates["final"]["val_foreground_dice"]):
+        if "best" in candidates and _better(
+            candidates["best"]["val_foreground_dice"], candidates["final"]["val_foreground_dice"]
+        ):
             chosen = "best"
     else:
         chosen = rule
     selection = {
         "rule": rule,
-        "description": ("highest validation foreground pooled Dice (project metric) among nnU-Net's "
-                        "checkpoint_best.pth and checkpoint_final.pth; ties -> final") if rule == "auto" else
-                       f"fixed: {CHECKPOINTS[rule]}",
+        "description": (
+            "highest validation foreground pooled Dice (project metric) among nnU-Net's "
+            "checkpoint_best.pth and checkpoint_final.pth; ties -> final"
+        )
+        if rule == "auto"
+        else f"fixed: {CHECKPOINTS[rule]}",
         "chosen": chosen,
         "checkpoint": str(available[chosen]),
         "tta": bool(tta),
@@ -355,12 +398,32 @@ def predict_fold(
     entry = verify_splits_final(workdir, dataset_id, fold, plans)
     if not entry["test"]:
         raise ExportError(f"{entry['split_file']}: no test cases to predict")
-    selection = select_checkpoint(workdir, dataset_id, fold, rule=checkpoint, trainer=trainer, plans=plans,
-                                  device=device, tta=tta, num_processes=num_processes)
+    selection = select_checkpoint(
+        workdir,
+        dataset_id,
+        fold,
+        rule=checkpoint,
+        trainer=trainer,
+        plans=plans,
+        device=device,
+        tta=tta,
+        num_processes=num_processes,
+    )
     outputs = output_folders(workdir, manifest["dataset_folder"], trainer, plans, fold)
-    test_dir = predict_cases(workdir, dataset_id, fold, entry["test"], "imagesTs", outputs["predictions"] / "test",
-                             trainer=trainer, plans=plans, checkpoint_name=CHECKPOINTS[selection["chosen"]],
-                             device=device, tta=tta, num_processes=num_processes)
+    test_dir = predict_cases(
+        workdir,
+        dataset_id,
+        fold,
+        entry["test"],
+        "imagesTs",
+        outputs["predictions"] / "test",
+        trainer=trainer,
+        plans=plans,
+        checkpoint_name=CHECKPOINTS[selection["chosen"]],
+        device=device,
+        tta=tta,
+        num_processes=num_processes,
+    )
     return {**selection, "test_predictions": str(test_dir)}
 
 
@@ -399,19 +462,34 @@ def score_fold(
     train_path = model_folder(manifest["dataset_folder"], trainer, plans) / f"fold_{fold}" / "ultradino_train.json"
     training = json.loads(train_path.read_text()) if train_path.is_file() else {}
     chosen = selection["candidates"][selection["chosen"]]
-    final_epochs = (selection["candidates"].get("final") or _load_checkpoint_info(
-        model_folder(manifest["dataset_folder"], trainer, plans) / f"fold_{fold}" / CHECKPOINTS["final"]))["epochs"]
+    final_epochs = (
+        selection["candidates"].get("final")
+        or _load_checkpoint_info(
+            model_folder(manifest["dataset_folder"], trainer, plans) / f"fold_{fold}" / CHECKPOINTS["final"]
+        )
+    )["epochs"]
     labels = manifest["labels"]
-    dice = score_folder(outputs["predictions"] / "test", entry["split_file"], "test", manifest["image_size"],
-                        len(labels))
+    dice = score_folder(
+        outputs["predictions"] / "test", entry["split_file"], "test", manifest["image_size"], len(labels)
+    )
     record = build_record(
-        dice, labels, entry["split_file"], section="test", seed=int(training.get("seed", seed)), trainer=trainer,
-        epochs=final_epochs, backbone=_backbone_name(manifest["dataset_folder"], plans),
-        model=selection["checkpoint"], image_size=manifest["image_size"], dataset=entry["dataset"],
+        dice,
+        labels,
+        entry["split_file"],
+        section="test",
+        seed=int(training.get("seed", seed)),
+        trainer=trainer,
+        epochs=final_epochs,
+        backbone=_backbone_name(manifest["dataset_folder"], plans),
+        model=selection["checkpoint"],
+        image_size=manifest["image_size"],
+        dataset=entry["dataset"],
         extra={
-            "best_validation": {"checkpoint": selection["chosen"],
-                                "foreground_dice": chosen.get("val_foreground_dice"),
-                                "epoch": chosen["epochs"]},
+            "best_validation": {
+                "checkpoint": selection["chosen"],
+                "foreground_dice": chosen.get("val_foreground_dice"),
+                "epoch": chosen["epochs"],
+            },
             "nnunet": {
                 "trainer": trainer,
                 "plans": plans,
@@ -450,8 +528,26 @@ def run_fold(
     seed: int = 0,
 ) -> Path:
     """train -> choose checkpoint + predict test -> score, for one fold; returns the result record path."""
-    train_fold(workdir, dataset_id, fold, trainer=trainer, plans=plans, device=device,
-               continue_training=continue_training, augmentation_workers=augmentation_workers, seed=seed)
-    predict_fold(workdir, dataset_id, fold, checkpoint=checkpoint, trainer=trainer, plans=plans, device=device,
-                 tta=tta, num_processes=predict_processes)
+    train_fold(
+        workdir,
+        dataset_id,
+        fold,
+        trainer=trainer,
+        plans=plans,
+        device=device,
+        continue_training=continue_training,
+        augmentation_workers=augmentation_workers,
+        seed=seed,
+    )
+    predict_fold(
+        workdir,
+        dataset_id,
+        fold,
+        checkpoint=checkpoint,
+        trainer=trainer,
+        plans=plans,
+        device=device,
+        tta=tta,
+        num_processes=predict_processes,
+    )
     return score_fold(workdir, dataset_id, fold, trainer=trainer, plans=plans, seed=seed)

@@ -132,14 +132,20 @@ def score_folder(
         if prediction.shape != size:
             raise ScoreError(f"{identifier}: prediction shape {prediction.shape} != exported grid {size}")
         if prediction.min() < 0 or prediction.max() >= num_classes:
-            raise ScoreError(f"{identifier}: prediction values {sorted(np.unique(prediction).tolist())} "
-                             f"outside 0..{num_classes - 1}")
+            raise ScoreError(
+                f"{identifier}: prediction values {sorted(np.unique(prediction).tolist())} outside 0..{num_classes - 1}"
+            )
         label = label_chain({"label": item["label"]})["label"]
         dice.update_sample(prediction[None], label)
     result = dice.compute()
     result["cases"] = ids
-    logger.info("scored %d %s predictions in %s: foreground pooled Dice %.4f", len(ids), section, prediction_dir,
-                result["foreground_mean"])
+    logger.info(
+        "scored %d %s predictions in %s: foreground pooled Dice %.4f",
+        len(ids),
+        section,
+        prediction_dir,
+        result["foreground_mean"],
+    )
     return result
 
 
@@ -178,8 +184,10 @@ def build_record(
     from ultradino_monai.evaluation.provenance import split_info
 
     split = split_info(split_file)
-    metric_input = {key: dice[key] for key in ("per_class", "foreground_mean", "mean_with_background",
-                                               "per_image_mean", "num_images")}
+    metric_input = {
+        key: dice[key]
+        for key in ("per_class", "foreground_mean", "mean_with_background", "per_image_mean", "num_images")
+    }
     return make_record(
         task="segmentation",
         dataset=split.get("dataset") or dataset or "unknown",

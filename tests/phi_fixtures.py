@@ -39,7 +39,7 @@ class PlantedPhi:
     uids: set[str] = field(default_factory=set)
     dates: set[str] = field(default_factory=set)  # YYYYMMDD
 
-    def update(self, other: "PlantedPhi") -> None:
+    def update(self, other: PlantedPhi) -> None:
         self.strings |= other.strings
         self.uids |= other.uids
         self.dates |= other.dates

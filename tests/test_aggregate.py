@@ -27,13 +27,34 @@ from ultradino_monai.evaluation.aggregate import (
 from ultradino_monai.evaluation.metrics import PooledDice
 
 
-def _record(value, *, method="UltraDINO", backbone="ViT-B/16", task="segmentation", dataset="fass",
-            split_kind="fewshot_n20", split_file="splits/fewshot_n20_draw0.json", seed=0, budget="paper",
-            metric="foreground_dice", **extra):
+def _record(
+    value,
+    *,
+    method="UltraDINO",
+    backbone="ViT-B/16",
+    task="segmentation",
+    dataset="fass",
+    split_kind="fewshot_n20",
+    split_file="splits/fewshot_n20_draw0.json",
+    seed=0,
+    budget="paper",
+    metric="foreground_dice",
+    **extra,
+):
     return {
-        "task": task, "dataset": dataset, "split_file": split_file, "split_kind": split_kind, "seed": seed,
-        "backbone": backbone, "checkpoint": None, "checkpoint_sha256": None, "method": method,
-        "budget": budget, "metrics": {metric: value}, "created": "2025-06-01T12:00:00+00:00", **extra,
+        "task": task,
+        "dataset": dataset,
+        "split_file": split_file,
+        "split_kind": split_kind,
+        "seed": seed,
+        "backbone": backbone,
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "method": method,
+        "budget": budget,
+        "metrics": {metric: value},
+        "created": "2025-06-01T12:00:00+00:00",
+        **extra,
     }
 
 
@@ -57,9 +78,16 @@ def test_write_and_load_roundtrip(tmp_path):
     checkpoint = tmp_path / "backbone.pt"
     checkpoint.write_bytes(b"weights")
     record = make_record(
-        task="segmentation", dataset="fass", split_file="splits/full_seed0.json", split_kind="full", seed=1,
-        backbone="vit_small_patch16", method="UltraDINO", checkpoint=checkpoint,
-        metrics={"foreground_dice": np.float64(0.79), "dice_per_class": [float("nan"), 0.7]}, draw=None,
+        task="segmentation",
+        dataset="fass",
+        split_file="splits/full_seed0.json",
+        split_kind="full",
+        seed=1,
+        backbone="vit_small_patch16",
+        method="UltraDINO",
+        checkpoint=checkpoint,
+        metrics={"foreground_dice": np.float64(0.79), "dice_per_class": [float("nan"), 0.7]},
+        draw=None,
     )
     assert record["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
     path = write_result(tmp_path / "results" / "a" / "run.json", record)
@@ -92,8 +120,9 @@ def test_validation_errors(tmp_path):
 
 def test_aggregate_groups_and_guards():
     records = _draws([0.70, 0.74, 0.78]) + _draws([0.60, 0.62], method="DINOv2")
-    records.append(_record(0.9, task="classification_finetune", dataset="fetal_planes", split_kind="full",
-                           metric="macro_f1"))
+    records.append(
+        _record(0.9, task="classification_finetune", dataset="fetal_planes", split_kind="full", metric="macro_f1")
+    )
     rows = aggregate(records)
     assert [(r["method"], r["n"]) for r in rows] == [("DINOv2", 2), ("UltraDINO", 3)]
     ultra = rows[1]
@@ -114,20 +143,39 @@ def test_aggregate_groups_and_guards():
 def test_table1_layout(tmp_path):
     records = (
         _draws([0.70, 0.74, 0.78])
-        + [_record(v, dataset="jnu_ifm", split_kind="fewshot_p4", split_file=f"j{i}.json")
-           for i, v in enumerate([0.86, 0.86])]
+        + [
+            _record(v, dataset="jnu_ifm", split_kind="fewshot_p4", split_file=f"j{i}.json")
+            for i, v in enumerate([0.86, 0.86])
+        ]
         + [_record(v, split_kind="full", split_file="splits/full.json", seed=s) for s, v in enumerate([0.795, 0.797])]
-        + [_record(0.9454, task="classification_finetune", dataset="fetal_planes", split_kind="full",
-                   metric="macro_f1")]
-        + [_record(0.9506, task="classification_linear_probe", dataset="fetal_planes", split_kind="full",
-                   metric="macro_f1")]
-        + [_record(0.7655, method="nnUNet", backbone="UNet", split_kind="full", split_file="splits/full.json",
-                   budget="nnUNetTrainer_5epochs")]
+        + [
+            _record(
+                0.9454, task="classification_finetune", dataset="fetal_planes", split_kind="full", metric="macro_f1"
+            )
+        ]
+        + [
+            _record(
+                0.9506, task="classification_linear_probe", dataset="fetal_planes", split_kind="full", metric="macro_f1"
+            )
+        ]
+        + [
+            _record(
+                0.7655,
+                method="nnUNet",
+                backbone="UNet",
+                split_kind="full",
+                split_file="splits/full.json",
+                budget="nnUNetTrainer_5epochs",
+            )
+        ]
     )
     markdown = table1(records)
     lines = markdown.strip().splitlines()
     assert lines[0] == "| Method (backbone) | JNU (p=4) | FASS (n=20) | FASS (full) | FT F1 | LP F1 |"
-    assert lines[2] == "| UltraDINO (ViT-B/16) | 86.00 ± 0.00 | 74.00 ± 2.31 | 79.60 ± 0.10 | 94.54 ± 0.00 | 95.06 ± 0.00 |"
+    assert (
+        lines[2]
+        == "| UltraDINO (ViT-B/16) | 86.00 ± 0.00 | 74.00 ± 2.31 | 79.60 ± 0.10 | 94.54 ± 0.00 | 95.06 ± 0.00 |"
+    )
     assert lines[3] == "| nnUNet (UNet) [reduced budget: nnUNetTrainer_5epochs] | – | – | 76.55 ± 0.00 | – | – |"
     path = write_table1_csv(tmp_path / "table1.csv", records)
     with open(path, encoding="utf-8") as stream:
@@ -151,8 +199,14 @@ def test_record_metric_helpers():
 def test_table1_refuses_mixed_split_kinds():
     records = [
         _record(0.94, task="classification_finetune", dataset="fetal_planes_db", split_kind="full", metric="macro_f1"),
-        _record(0.95, task="classification_finetune", dataset="fetal_planes_db", split_kind="ultradino",
-                split_file="splits/ultradino.json", metric="macro_f1"),
+        _record(
+            0.95,
+            task="classification_finetune",
+            dataset="fetal_planes_db",
+            split_kind="ultradino",
+            split_file="splits/ultradino.json",
+            metric="macro_f1",
+        ),
     ]
     with pytest.raises(ResultError, match="mixes split kinds"):
         table1(records)

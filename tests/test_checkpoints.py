@@ -46,17 +46,17 @@ def block_tensors(depth: int, layer_scale: bool = True, beit: bool = False) -> d
         b = f"blocks.{i}."
         state[b + "norm1.weight"] = 1 + _randn(D, scale=0.1)
         state[b + "norm1.bias"] = _randn(D, scale=0.1)
-        state[b + "attn.qkv.weight"] = _randn(3 * D, D, scale=D ** -0.5)
+        state[b + "attn.qkv.weight"] = _randn(3 * D, D, scale=D**-0.5)
         if beit:
             state[b + "attn.q_bias"] = _randn(D, scale=0.1)
             state[b + "attn.v_bias"] = _randn(D, scale=0.1)
         else:
             state[b + "attn.qkv.bias"] = _randn(3 * D, scale=0.1)
-        state[b + "attn.proj.weight"] = _randn(D, D, scale=D ** -0.5)
+        state[b + "attn.proj.weight"] = _randn(D, D, scale=D**-0.5)
         state[b + "attn.proj.bias"] = _randn(D, scale=0.1)
         state[b + "norm2.weight"] = 1 + _randn(D, scale=0.1)
         state[b + "norm2.bias"] = _randn(D, scale=0.1)
-        state[b + "mlp.fc1.weight"] = _randn(4 * D, D, scale=D ** -0.5)
+        state[b + "mlp.fc1.weight"] = _randn(4 * D, D, scale=D**-0.5)
         state[b + "mlp.fc1.bias"] = _randn(4 * D, scale=0.1)
         state[b + "mlp.fc2.weight"] = _randn(D, 4 * D, scale=(4 * D) ** -0.5)
         state[b + "mlp.fc2.bias"] = _randn(D, scale=0.1)
@@ -90,13 +90,28 @@ def dinov2_state(grid: int, registers: int = 4, in_chans: int = 3, patch: int = 
     return state
 
 
-def timm_dinov2_reference(state: dict, img_size: int, registers: int = 4, in_chans: int = 3, patch: int = 14,
-                          depth: int = 2, dynamic: bool = False) -> VisionTransformer:
+def timm_dinov2_reference(
+    state: dict,
+    img_size: int,
+    registers: int = 4,
+    in_chans: int = 3,
+    patch: int = 14,
+    depth: int = 2,
+    dynamic: bool = False,
+) -> VisionTransformer:
     """timm's ``vit_small_patch14[_reg4]_dinov2`` configuration, at test size, loaded by timm's filter."""
     kwargs = dict(reg_tokens=registers, no_embed_class=True) if registers else {}
     reference = VisionTransformer(
-        img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=0, embed_dim=D, depth=depth,
-        num_heads=HEADS, init_values=1e-5, dynamic_img_size=dynamic, **kwargs,
+        img_size=img_size,
+        patch_size=patch,
+        in_chans=in_chans,
+        num_classes=0,
+        embed_dim=D,
+        depth=depth,
+        num_heads=HEADS,
+        init_values=1e-5,
+        dynamic_img_size=dynamic,
+        **kwargs,
     ).eval()
     reference.load_state_dict(vit_filter(dict(state), reference), strict=True)
     return reference
@@ -167,7 +182,7 @@ def test_dinov2_without_registers_and_chunked_blocks(tmp_path):
     for key, value in state.items():
         if key.startswith("blocks."):
             index = int(key.split(".")[1])
-            key = f"blocks.{index // 2}.{key[len('blocks.'):]}"
+            key = f"blocks.{index // 2}.{key[len('blocks.') :]}"
         chunked[key] = value
     assert "blocks.1.3.mlp.fc2.bias" in chunked
     path = save(chunked, tmp_path / "dinov2_vits14_pretrain.pth")
@@ -185,7 +200,9 @@ def test_channel_adaptation_3_to_1_is_exact_on_grey_images(tmp_path):
     path = save(state, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
     loaded = load_backbone(path, in_chans=1, img_size=56)
     assert loaded.in_chans == 1 and loaded.model.patch_embed.proj.weight.shape == (D, 1, 14, 14)
-    assert loaded.mean == pytest.approx((sum(IMAGENET_MEAN) / 3,)) and loaded.std == pytest.approx((sum(IMAGENET_STD) / 3,))
+    assert loaded.mean == pytest.approx((sum(IMAGENET_MEAN) / 3,)) and loaded.std == pytest.approx(
+        (sum(IMAGENET_STD) / 3,)
+    )
     reference = timm_dinov2_reference(state, img_size=56)
     grey = torch.rand(2, 1, 56, 56)
     rgb_normalised = (grey.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
@@ -209,8 +226,16 @@ def test_channel_adaptation_is_a_plain_sum_when_channels_share_normalisation(tmp
 def ultradino_reference(teacher: dict, img_size: int = 32) -> VisionTransformer:
     """timm ViT (in_chans=1, reg_tokens=4, no_embed_class, init_values) via checkpoint_filter_fn (docs/recipe.md §3)."""
     reference = VisionTransformer(
-        img_size=img_size, patch_size=16, in_chans=1, num_classes=0, embed_dim=D, depth=2, num_heads=HEADS,
-        init_values=1e-5, reg_tokens=4, no_embed_class=True,
+        img_size=img_size,
+        patch_size=16,
+        in_chans=1,
+        num_classes=0,
+        embed_dim=D,
+        depth=2,
+        num_heads=HEADS,
+        init_values=1e-5,
+        reg_tokens=4,
+        no_embed_class=True,
     ).eval()
     reference.load_state_dict(vit_filter(dict(teacher), reference), strict=True)
     return reference
@@ -246,8 +271,13 @@ def test_ultradino_training_checkpoint_loads_the_teacher(tmp_path):
 
 def test_ultradino_eval_teacher_checkpoint(tmp_path):
     teacher = dinov2_state(grid=2, registers=4, in_chans=1, patch=16)
-    document = {"teacher": {**{f"backbone.{k}": v for k, v in teacher.items()},
-                            "dino_head.mlp.0.weight": torch.randn(8, D), "ibot_head.mlp.0.weight": torch.randn(8, D)}}
+    document = {
+        "teacher": {
+            **{f"backbone.{k}": v for k, v in teacher.items()},
+            "dino_head.mlp.0.weight": torch.randn(8, D),
+            "ibot_head.mlp.0.weight": torch.randn(8, D),
+        }
+    }
     path = save(document, tmp_path / "teacher_checkpoint.pth")
     loaded = load_backbone(path, img_size=32)
     assert loaded.source == "ultradino" and loaded.info["container"] == ["teacher"]
@@ -266,7 +296,13 @@ def ibot_backbone(grid: int = 2) -> dict:
 def ibot_reference(backbone: dict, img_size: int = 32) -> VisionTransformer:
     """iBOT ViT-S/B/16 maps 1:1 onto timm's vit_*_patch16_224 without LayerScale (docs/recipe.md §3)."""
     reference = VisionTransformer(
-        img_size=img_size, patch_size=16, in_chans=3, num_classes=0, embed_dim=D, depth=2, num_heads=HEADS,
+        img_size=img_size,
+        patch_size=16,
+        in_chans=3,
+        num_classes=0,
+        embed_dim=D,
+        depth=2,
+        num_heads=HEADS,
     ).eval()
     reference.load_state_dict(vit_filter(dict(backbone), reference), strict=True)
     return reference
@@ -290,7 +326,10 @@ def test_ibot_full_training_checkpoint(tmp_path):
     teacher, student = ibot_backbone(), ibot_backbone()
     head = {"head.mlp.0.weight": torch.randn(8, D), "head.last_layer.weight_g": torch.ones(16, 1)}
     document = {
-        "student": {**{f"module.backbone.{k}": v for k, v in student.items()}, **{f"module.{k}": v for k, v in head.items()}},
+        "student": {
+            **{f"module.backbone.{k}": v for k, v in student.items()},
+            **{f"module.{k}": v for k, v in head.items()},
+        },
         "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()}, **head},
         "epoch": 100,
         "args": argparse.Namespace(arch="vit_small"),
@@ -321,8 +360,17 @@ def test_usfm_layout_matches_timm_beit(tmp_path):
     assert loaded.info["initialised"] == {"zero-init mask token (not in the file)": ["mask_token"]}
 
     reference = Beit(
-        img_size=32, patch_size=16, in_chans=3, num_classes=0, global_pool="", embed_dim=D, depth=2,
-        num_heads=HEADS, use_abs_pos_emb=False, use_rel_pos_bias=False, use_shared_rel_pos_bias=True,
+        img_size=32,
+        patch_size=16,
+        in_chans=3,
+        num_classes=0,
+        global_pool="",
+        embed_dim=D,
+        depth=2,
+        num_heads=HEADS,
+        use_abs_pos_emb=False,
+        use_rel_pos_bias=False,
+        use_shared_rel_pos_bias=True,
         init_values=0.1,
     ).eval()
     result = reference.load_state_dict(beit_filter(dict(state), reference), strict=False)
@@ -335,7 +383,9 @@ def test_usfm_layout_matches_timm_beit(tmp_path):
 
     grey = load_backbone(path, in_chans=1, img_size=32)
     g = torch.rand(2, 1, 32, 32)
-    rgb = (g.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    rgb = (g.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
     assert close(grey.model((g - grey.mean[0]) / grey.std[0]), reference.forward_features(rgb)[:, 0])
 
 
@@ -346,8 +396,17 @@ def test_usfm_relative_bias_table_resized_for_another_grid(tmp_path):
     assert loaded.model.rel_pos_bias.relative_position_bias_table.shape == ((2 * 3 - 1) ** 2 + 3, HEADS)
     assert loaded.info["dropped"] == {"generated-buffer": ["rel_pos_bias.relative_position_index"]}
     reference = Beit(
-        img_size=48, patch_size=16, in_chans=3, num_classes=0, global_pool="", embed_dim=D, depth=2,
-        num_heads=HEADS, use_abs_pos_emb=False, use_shared_rel_pos_bias=True, init_values=0.1,
+        img_size=48,
+        patch_size=16,
+        in_chans=3,
+        num_classes=0,
+        global_pool="",
+        embed_dim=D,
+        depth=2,
+        num_heads=HEADS,
+        use_abs_pos_emb=False,
+        use_shared_rel_pos_bias=True,
+        init_values=0.1,
     ).eval()
     # timm's BEiT filter resizes the table with the same resize_rel_pos_bias_table
     result = reference.load_state_dict(beit_filter(torch.load(path, weights_only=True), reference), strict=False)
@@ -367,7 +426,13 @@ def test_usfm_wrong_relative_position_index_is_rejected(tmp_path):
 # ----------------------------------------------------------------------------- timm
 def test_plain_timm_state_dict_and_safetensors(tmp_path):
     timm_model = VisionTransformer(
-        img_size=32, patch_size=16, in_chans=3, num_classes=5, embed_dim=D, depth=2, num_heads=HEADS,
+        img_size=32,
+        patch_size=16,
+        in_chans=3,
+        num_classes=5,
+        embed_dim=D,
+        depth=2,
+        num_heads=HEADS,
     ).eval()
     state = timm_model.state_dict()
     for path in (save(state, tmp_path / "vit.pth"), tmp_path / "vit.safetensors"):
@@ -385,8 +450,15 @@ def test_plain_timm_state_dict_and_safetensors(tmp_path):
 def test_timm_register_model_with_embedded_prefix_positions(tmp_path):
     """timm reg model without no_embed_class: class and register slots are folded into the tokens."""
     timm_model = VisionTransformer(
-        img_size=32, patch_size=16, in_chans=3, num_classes=0, embed_dim=D, depth=2, num_heads=HEADS,
-        reg_tokens=2, init_values=1e-5,
+        img_size=32,
+        patch_size=16,
+        in_chans=3,
+        num_classes=0,
+        embed_dim=D,
+        depth=2,
+        num_heads=HEADS,
+        reg_tokens=2,
+        init_values=1e-5,
     ).eval()
     assert timm_model.pos_embed.shape == (1, 1 + 2 + 4, D)
     path = save(timm_model.state_dict(), tmp_path / "vit_reg.pth")
@@ -454,7 +526,11 @@ def test_geometry_conflicts_and_register_handling(tmp_path):
     assert dropped.model.num_register_tokens == 0 and dropped.info["dropped"]["registers-dropped"] == ["reg_token"]
     assert dropped.model.forward_features(torch.randn(1, 3, 28, 28))["x_prenorm"].shape == (1, 5, D)
     explicit = load_backbone(path, source="ibot", in_chans=3, img_size=28, num_heads=4)
-    assert explicit.source == "ibot" and explicit.model.num_heads == 4 and explicit.info["detected_by"].startswith("requested")
+    assert (
+        explicit.source == "ibot"
+        and explicit.model.num_heads == 4
+        and explicit.info["detected_by"].startswith("requested")
+    )
 
 
 def test_drop_path_passed_to_loaded_model(tmp_path):
@@ -476,10 +552,33 @@ def test_save_load_roundtrip_is_exact(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["backbone.json", "backbone.pt"]  # no temp files left
     sidecar = json.loads(sidecar_path(path).read_text())
     assert sidecar == document
-    assert {k: sidecar[k] for k in ("arch", "patch_size", "in_chans", "num_register_tokens", "embed_dim", "depth",
-                                     "num_heads", "init_values", "img_size", "mean", "std")} == {
-        "arch": "custom", "patch_size": 16, "in_chans": 1, "num_register_tokens": 4, "embed_dim": 64, "depth": 2,
-        "num_heads": 2, "init_values": 1e-5, "img_size": 32, "mean": list(FUS_MEAN), "std": list(FUS_STD),
+    assert {
+        k: sidecar[k]
+        for k in (
+            "arch",
+            "patch_size",
+            "in_chans",
+            "num_register_tokens",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "init_values",
+            "img_size",
+            "mean",
+            "std",
+        )
+    } == {
+        "arch": "custom",
+        "patch_size": 16,
+        "in_chans": 1,
+        "num_register_tokens": 4,
+        "embed_dim": 64,
+        "depth": 2,
+        "num_heads": 2,
+        "init_values": 1e-5,
+        "img_size": 32,
+        "mean": list(FUS_MEAN),
+        "std": list(FUS_STD),
     }
     assert sidecar["extra"] == {"iteration": 42}
     raw = torch.load(path, weights_only=True)

@@ -46,8 +46,11 @@ CLASSES = ["Other", "Maternal cervix", "Fetal abdomen", "Fetal brain", "Fetal fe
 
 def run_workflow(configs: list[str], overrides: dict, workflow_type: str = "train") -> ConfigWorkflow:
     workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in configs], meta_file=META, logging_file=False,
-        workflow_type=workflow_type, **overrides,
+        config_file=[str(CONFIGS / name) for name in configs],
+        meta_file=META,
+        logging_file=False,
+        workflow_type=workflow_type,
+        **overrides,
     )
     workflow.initialize()
     return workflow
@@ -100,15 +103,22 @@ def _model(models: Path) -> torch.nn.Module:
 def test_metadata_and_network_io(setup):
     root, overrides = setup
     verify_metadata(meta_file=META, filepath=str(REPO / "bundles" / "meta_schema.json"))
-    verify_net_in_out("network_def", meta_file=META, config_file=str(CONFIGS / "train.json"), device="cpu", n=2,
-                      **{k: v for k, v in overrides.items() if k != "batch_size"})
+    verify_net_in_out(
+        "network_def",
+        meta_file=META,
+        config_file=str(CONFIGS / "train.json"),
+        device="cpu",
+        n=2,
+        **{k: v for k, v in overrides.items() if k != "batch_size"},
+    )
 
 
 def test_missing_backbone_is_an_error_unless_random_init_is_asked_for(tmp_path):
     with pytest.raises(CheckpointError, match="Run the pretrain bundle first"):
         load_task_backbone(tmp_path / "absent.pt", img_size=SIZE)
-    loaded = load_task_backbone(tmp_path / "absent.pt", img_size=SIZE, if_missing="random_init",
-                                random_init={"arch": "vit_tiny", "depth": 2})
+    loaded = load_task_backbone(
+        tmp_path / "absent.pt", img_size=SIZE, if_missing="random_init", random_init={"arch": "vit_tiny", "depth": 2}
+    )
     assert loaded.source == "scratch" and loaded.model.n_blocks == 2 and loaded.model.num_register_tokens == 4
 
 
@@ -129,7 +139,9 @@ def test_finetune_then_evaluate_writes_a_result_record(finetuned):
         network.load_state_dict(torch.load(models / weights, map_location="cpu", weights_only=True))
         network.eval()
         with torch.no_grad():
-            predicted = torch.cat([network(transforms({"image": i["image"]})["image"][None]) for i in val_items]).argmax(-1)
+            predicted = torch.cat(
+                [network(transforms({"image": i["image"]})["image"][None]) for i in val_items]
+            ).argmax(-1)
         assert macro_f1(predicted.numpy(), val_labels, 6) == pytest.approx(expected_f1, abs=1e-9)
 
     record = json.loads((root / "bundle" / "runs" / "finetune_demo" / "result.json").read_text())
@@ -182,8 +194,9 @@ def test_linear_probe_bundle_selects_a_head_and_keeps_the_backbone(setup):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -193,11 +206,21 @@ def test_torchscript_and_onnx_exports_match_eager(finetuned, tmp_path):
 
     root, overrides, models, _ = finetuned
     # the functions behind `python -m monai.bundle ckpt_export / onnx_export` (docs/README.md has the commands)
-    common = {"ckpt_file": str(models / "model.pt"), "meta_file": META, "config_file": str(CONFIGS / "inference.json"),
-              "bundle_root": overrides["bundle_root"], "use_trace": True, "input_shape": [1, 1, SIZE, SIZE]}
+    common = {
+        "ckpt_file": str(models / "model.pt"),
+        "meta_file": META,
+        "config_file": str(CONFIGS / "inference.json"),
+        "bundle_root": overrides["bundle_root"],
+        "use_trace": True,
+        "input_shape": [1, 1, SIZE, SIZE],
+    }
     ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), **common)
-    onnx_export("network_def", filepath=str(tmp_path / "model.onnx"), **common,
-                converter_kwargs={"dynamo": False, "input_names": ["image"], "output_names": ["pred"]})
+    onnx_export(
+        "network_def",
+        filepath=str(tmp_path / "model.onnx"),
+        **common,
+        converter_kwargs={"dynamo": False, "input_names": ["image"], "output_names": ["pred"]},
+    )
     network = _model(models)
     image = torch.randn(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -218,14 +241,28 @@ def test_quantize_config_writes_an_int8_model_and_its_agreement_report(finetuned
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     (model_dir / "model.json").write_text((models / "model.json").read_text())
-    onnx_export("network_def", filepath=str(model_dir / "model.onnx"), ckpt_file=str(models / "model.pt"),
-                meta_file=META, config_file=str(CONFIGS / "inference.json"), bundle_root=overrides["bundle_root"],
-                use_trace=True, input_shape=[1, 1, SIZE, SIZE],
-                converter_kwargs={"dynamo": False, "input_names": ["image"], "output_names": ["pred"]})
+    onnx_export(
+        "network_def",
+        filepath=str(model_dir / "model.onnx"),
+        ckpt_file=str(models / "model.pt"),
+        meta_file=META,
+        config_file=str(CONFIGS / "inference.json"),
+        bundle_root=overrides["bundle_root"],
+        use_trace=True,
+        input_shape=[1, 1, SIZE, SIZE],
+        converter_kwargs={"dynamo": False, "input_names": ["image"], "output_names": ["pred"]},
+    )
     check_dir = Path(overrides["demo_dir"]) / "planes" / "images"
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "quantize.json"), meta_file=META, logging_file=False,
-                              workflow_type="infer", bundle_root=overrides["bundle_root"], model_dir=str(model_dir),
-                              demo_dir=overrides["demo_dir"], max_check_frames=10)
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "quantize.json"),
+        meta_file=META,
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=overrides["bundle_root"],
+        model_dir=str(model_dir),
+        demo_dir=overrides["demo_dir"],
+        max_check_frames=10,
+    )
     workflow.initialize()
     workflow.run()
     int8 = model_dir / "model_int8.onnx"
@@ -234,12 +271,15 @@ def test_quantize_config_writes_an_int8_model_and_its_agreement_report(finetuned
     # the same comparison, by hand: the first 10 check images through both sessions
     sidecar = read_model_sidecar(model_dir / "model.json")
     transforms = inference_transforms(sidecar)
-    sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                for p in (model_dir / "model.onnx", int8)]
+    sessions = [
+        onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        for p in (model_dir / "model.onnx", int8)
+    ]
     agree, change = [], 0.0
     for path in sorted(check_dir.glob("*.png"))[:10]:
-        frame = np.asarray(transforms({"image": str(path), "source": path.name, "frame": -1})["image"],
-                           dtype=np.float32)[None]
+        frame = np.asarray(
+            transforms({"image": str(path), "source": path.name, "frame": -1})["image"], dtype=np.float32
+        )[None]
         probs = [torch.softmax(torch.from_numpy(s.run(None, {"image": frame})[0]), -1).numpy() for s in sessions]
         agree.append(probs[0].argmax() == probs[1].argmax())
         change = max(change, float(np.abs(probs[0] - probs[1]).max()))
@@ -260,13 +300,31 @@ def test_inference_on_a_folder_of_pngs_and_dicoms(finetuned, tmp_path):
     for item in test_items:
         (folder / "pngs").mkdir(parents=True, exist_ok=True)
         (folder / "pngs" / Path(item["image"]).name).write_bytes(Path(item["image"]).read_bytes())
-    dataset, _ = make_us_dataset(SyntheticStudy("CLS1"), rows=120, columns=160, frames=3, region=(20, 30, 139, 109),
-                                 banner_height=20, photometric="MONOCHROME2")
+    dataset, _ = make_us_dataset(
+        SyntheticStudy("CLS1"),
+        rows=120,
+        columns=160,
+        frames=3,
+        region=(20, 30, 139, 109),
+        banner_height=20,
+        photometric="MONOCHROME2",
+    )
     write_dataset(folder / "study" / "US0001.dcm", dataset)
     (folder / "notes.txt").write_text("not an image")
     out_csv = tmp_path / "out" / "predictions.csv"
-    _cli("run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file", META,
-         "--bundle_root", overrides["bundle_root"], "--input_dir", str(folder), "--output_csv", str(out_csv))
+    _cli(
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--meta_file",
+        META,
+        "--bundle_root",
+        overrides["bundle_root"],
+        "--input_dir",
+        str(folder),
+        "--output_csv",
+        str(out_csv),
+    )
     with open(out_csv) as stream:
         rows = list(csv.DictReader(stream))
     assert [(r["source"], r["frame"]) for r in rows] == (
@@ -295,8 +353,13 @@ def test_repeat_driver_runs_the_linear_probe_over_seeds(setup, tmp_path):
 
     root, overrides = setup
     summary = repeat(
-        str(CONFIGS / "linear_probe.json"), tmp_path / "sweep", seeds=[0, 1],
-        overrides={**overrides, "epochs": 2, "warmup_epochs": 1}, meta_file=META, in_process=True, stop_on_error=True,
+        str(CONFIGS / "linear_probe.json"),
+        tmp_path / "sweep",
+        seeds=[0, 1],
+        overrides={**overrides, "epochs": 2, "warmup_epochs": 1},
+        meta_file=META,
+        in_process=True,
+        stop_on_error=True,
     )
     assert not summary.failed and summary.metric == "macro_f1"
     (row,) = summary.rows
@@ -307,7 +370,8 @@ def test_repeat_driver_runs_the_linear_probe_over_seeds(setup, tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_demo_backbone_beats_random_init_in_the_linear_probe(tmp_path):
-    """The pretrain bundle's demo backbone vs a random init of the same ViT: linear-probe test macro F1 on the demo planes.
+    """The pretrain bundle's demo backbone vs a random init of the same ViT: linear-probe test macro F1 on the
+    demo planes.
 
     Uses the backbone file named by ``$CLASSIFICATION_TEST_BACKBONE``, else
     ``bundles/pretrain/models/backbone.pt`` when it exists, else runs the pretrain bundle's demo
@@ -317,33 +381,72 @@ def test_pretrained_demo_backbone_beats_random_init_in_the_linear_probe(tmp_path
 
     demo_dir = REPO / "demo_data"
     generate_demo(demo_dir, seed=0)
-    backbone = Path(os.environ.get("CLASSIFICATION_TEST_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt"))
+    backbone = Path(
+        os.environ.get("CLASSIFICATION_TEST_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt")
+    )
     if not backbone.is_file():
         pretrain_root = tmp_path / "pretrain"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         result = subprocess.run(
-            [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/pretrain/configs/train.json",
-             "--bundle_root", str(pretrain_root)], cwd=REPO, env=env, capture_output=True, text=True, timeout=7200,
+            [
+                sys.executable,
+                "-m",
+                "monai.bundle",
+                "run",
+                "--config_file",
+                "bundles/pretrain/configs/train.json",
+                "--bundle_root",
+                str(pretrain_root),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=7200,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         backbone = pretrain_root / "models" / "backbone.pt"
     sidecar = json.loads(backbone.with_suffix(".json").read_text())
     common = {
-        "bundle_root": str(tmp_path / "classification"), "demo_dir": str(demo_dir), "dataset_dir": str(demo_dir / "planes"),
-        "image_size": int(sidecar["img_size"]), "in_chans": int(sidecar["in_chans"]),
+        "bundle_root": str(tmp_path / "classification"),
+        "demo_dir": str(demo_dir),
+        "dataset_dir": str(demo_dir / "planes"),
+        "image_size": int(sidecar["img_size"]),
+        "in_chans": int(sidecar["in_chans"]),
     }
     scores = {}
     for name, checkpoint in (("pretrained", str(backbone)), ("random", "none")):
-        workflow = run_workflow(["linear_probe.json"], {
-            **common, "run_name": name, "pretrained_ckpt": checkpoint, "if_missing": "error",
-            # the same architecture and initialisation (LayerScale init included) as the pretrained run
-            "random_init": {"arch": "vit_small", **{key: sidecar[key] for key in (
-                "embed_dim", "depth", "num_heads", "mlp_ratio", "num_register_tokens", "patch_size", "init_values")}},
-        })
+        workflow = run_workflow(
+            ["linear_probe.json"],
+            {
+                **common,
+                "run_name": name,
+                "pretrained_ckpt": checkpoint,
+                "if_missing": "error",
+                # the same architecture and initialisation (LayerScale init included) as the pretrained run
+                "random_init": {
+                    "arch": "vit_small",
+                    **{
+                        key: sidecar[key]
+                        for key in (
+                            "embed_dim",
+                            "depth",
+                            "num_heads",
+                            "mlp_ratio",
+                            "num_register_tokens",
+                            "patch_size",
+                            "init_values",
+                        )
+                    },
+                },
+            },
+        )
         workflow.run()
         workflow.finalize()
         record = json.loads((tmp_path / "classification" / "runs" / name / "result.json").read_text())
         scores[name] = record["metrics"]["macro_f1"]
-    print(f"linear-probe test macro F1 on the demo planes: pretrained {100 * scores['pretrained']:.1f}, "
-          f"random init {100 * scores['random']:.1f}")
+    print(
+        f"linear-probe test macro F1 on the demo planes: pretrained {100 * scores['pretrained']:.1f}, "
+        f"random init {100 * scores['random']:.1f}"
+    )
     assert scores["pretrained"] - scores["random"] >= 0.15

@@ -21,8 +21,7 @@ SEED = 3
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,14 @@ def demo_dirs(tmp_path_factory):
     first = demo.generate_demo(base / "a", seed=SEED, scale="tiny")
     second = demo.generate_demo(base / "b", seed=SEED, scale="tiny")
     other = demo.generate_demo(base / "c", seed=SEED + 1, scale="tiny")
-    return {"a": base / "a", "b": base / "b", "c": base / "c", "summary": first, "summary_b": second, "summary_c": other}
+    return {
+        "a": base / "a",
+        "b": base / "b",
+        "c": base / "c",
+        "summary": first,
+        "summary_b": second,
+        "summary_c": other,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +197,21 @@ def test_phi_planted_in_header_private_and_nested(demo_dirs, phi):
     strings, uids = set(phi["strings"]), set(phi["uids"])
     for record in phi["files"]:
         ds = pydicom.dcmread(demo_dirs["a"] / record["path"], stop_before_pixels=True)
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber",
-                        "InstitutionName", "ReferringPhysicianName", "OperatorsName", "StationName", "PatientAddress",
-                        "LastMenstrualDate", "DeviceSerialNumber"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "InstitutionName",
+            "ReferringPhysicianName",
+            "OperatorsName",
+            "StationName",
+            "PatientAddress",
+            "LastMenstrualDate",
+            "DeviceSerialNumber",
+        ):
             assert str(ds.data_element(keyword).value) in strings, keyword
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             assert str(ds.data_element(keyword).value) in uids, keyword
@@ -212,14 +230,19 @@ def test_phi_planted_in_header_private_and_nested(demo_dirs, phi):
 def test_every_identifying_element_is_listed(demo_dirs, phi):
     """Walk every element (nested and private too): each PN/DA/TM/DT value and instance UID is in the truth list."""
     strings, uids = set(phi["strings"]), set(phi["uids"])
-    instance_uid_keywords = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "ReferencedSOPInstanceUID",
-                             "MediaStorageSOPInstanceUID"}
+    instance_uid_keywords = {
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "ReferencedSOPInstanceUID",
+        "MediaStorageSOPInstanceUID",
+    }
     checked = 0
     for record in phi["files"]:
         ds = pydicom.dcmread(demo_dirs["a"] / record["path"], stop_before_pixels=True)
         elements = list(ds.file_meta) + []
 
-        def visit(dataset):
+        def visit(dataset, elements=elements):
             for element in dataset:
                 if element.VR == "SQ":
                     for item in element.value:
@@ -294,8 +317,13 @@ def test_datalists_are_patient_grouped(demo_dirs, folder):
     assert all(len(sections) == 1 for sections in owners.values())
 
 
-@pytest.mark.parametrize("folder, labels", [("fass", {"background": 0, "artery": 1, "liver": 2, "stomach": 3, "vein": 4}),
-                                            ("jnu_ifm", {"background": 0, "pubic_symphysis": 1, "head": 2})])
+@pytest.mark.parametrize(
+    "folder, labels",
+    [
+        ("fass", {"background": 0, "artery": 1, "liver": 2, "stomach": 3, "vein": 4}),
+        ("jnu_ifm", {"background": 0, "pubic_symphysis": 1, "head": 2}),
+    ],
+)
 def test_label_pngs_are_index_maps(demo_dirs, folder, labels):
     path = demo_dirs["a"] / folder / "datalist.json"
     assert read_datalist(path)["labels"] == labels

@@ -56,14 +56,23 @@ def _document(root: Path, results: Path) -> dict:
         "name": "tiny",
         "results_dir": str(results),
         "datasets": {
-            "fass": {"datalist": str(root / "fass" / "datalist.json"),
-                     "splits": {"protocol": "fass", "out_dir": str(root / "splits" / "fass"),
-                                "options": {"num_draws": 2, "num_seeds": 2, "fewshot_images": 2,
-                                            "label_percentages": [10, 50]}},
-                     "nnunet": {"dataset_id": 977, "name": "TinyFASS", "size": 32}},
-            "planes": {"datalist": str(root / "planes" / "datalist.json"),
-                       "splits": {"protocol": "holdout", "out_dir": str(root / "splits" / "planes"),
-                                  "options": {"num_seeds": 2}}},
+            "fass": {
+                "datalist": str(root / "fass" / "datalist.json"),
+                "splits": {
+                    "protocol": "fass",
+                    "out_dir": str(root / "splits" / "fass"),
+                    "options": {"num_draws": 2, "num_seeds": 2, "fewshot_images": 2, "label_percentages": [10, 50]},
+                },
+                "nnunet": {"dataset_id": 977, "name": "TinyFASS", "size": 32},
+            },
+            "planes": {
+                "datalist": str(root / "planes" / "datalist.json"),
+                "splits": {
+                    "protocol": "holdout",
+                    "out_dir": str(root / "splits" / "planes"),
+                    "options": {"num_seeds": 2},
+                },
+            },
         },
         "backbones": {
             "pre": {"method": "UltraDINO", "label": "tiny", "checkpoint": str(root / "models" / "backbone.pt")},
@@ -71,19 +80,48 @@ def _document(root: Path, results: Path) -> dict:
             "unet": {"kind": "nnunet", "trainer": "nnUNetTrainer_UltraDINOShort", "device": "cpu"},
         },
         "tasks": {
-            "fewshot": {"kind": "segmentation", "dataset": "fass", "splits": "fewshot_n2_draw*", "seeds": [0, 1],
-                        "column": "FASS (n=2)", "overrides": {"max_iterations": 3}, "backbones": ["pre", "rnd"]},
-            "full": {"kind": "segmentation", "dataset": "fass", "splits": ["full_seed0", "full_seed1"],
-                     "pairing": "replicate", "column": "FASS (full)"},
-            "label_eff": {"kind": "segmentation", "dataset": "fass", "splits": ["label_efficiency_p*_seed0"],
-                          "seeds": [0]},
-            "ft": {"kind": "classification_finetune", "dataset": "planes", "splits": "full_seed*",
-                   "pairing": "replicate", "column": "FT F1"},
-            "lp": {"kind": "classification_linear_probe", "dataset": "planes", "splits": "full_seed0",
-                   "backbones": ["pre"], "column": "LP F1"},
+            "fewshot": {
+                "kind": "segmentation",
+                "dataset": "fass",
+                "splits": "fewshot_n2_draw*",
+                "seeds": [0, 1],
+                "column": "FASS (n=2)",
+                "overrides": {"max_iterations": 3},
+                "backbones": ["pre", "rnd"],
+            },
+            "full": {
+                "kind": "segmentation",
+                "dataset": "fass",
+                "splits": ["full_seed0", "full_seed1"],
+                "pairing": "replicate",
+                "column": "FASS (full)",
+            },
+            "label_eff": {
+                "kind": "segmentation",
+                "dataset": "fass",
+                "splits": ["label_efficiency_p*_seed0"],
+                "seeds": [0],
+            },
+            "ft": {
+                "kind": "classification_finetune",
+                "dataset": "planes",
+                "splits": "full_seed*",
+                "pairing": "replicate",
+                "column": "FT F1",
+            },
+            "lp": {
+                "kind": "classification_linear_probe",
+                "dataset": "planes",
+                "splits": "full_seed0",
+                "backbones": ["pre"],
+                "column": "LP F1",
+            },
         },
-        "report": {"label_efficiency": {"tasks": ["label_eff", "full"]}, "fewshot_bars": {"task": "fewshot"},
-                   "attention": {"backbones": ["rnd", "pre"], "dataset": "fass", "images": 2, "image_size": 32}},
+        "report": {
+            "label_efficiency": {"tasks": ["label_eff", "full"]},
+            "fewshot_bars": {"task": "fewshot"},
+            "attention": {"backbones": ["rnd", "pre"], "dataset": "fass", "images": 2, "image_size": 32},
+        },
     }
 
 
@@ -95,27 +133,42 @@ def planned(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["tasks"]["fewshot"].update(dataset="nope"), r"tasks\.fewshot\.dataset: unknown dataset 'nope'"),
-    (lambda d: d["tasks"]["fewshot"].update(kind="detection"), r"tasks\.fewshot\.kind must be one of"),
-    (lambda d: d["tasks"]["fewshot"].update(colour="red"), r"tasks\.fewshot: unknown key\(s\) \['colour'\]"),
-    (lambda d: d["tasks"]["fewshot"].update(pairing="cross"), r"tasks\.fewshot\.pairing must be one of"),
-    (lambda d: d["tasks"]["full"].update(seeds=[0]), r"tasks\.full: pairing 'replicate' takes the seed"),
-    (lambda d: d["tasks"]["fewshot"].update(seeds=[0, 0]), r"tasks\.fewshot\.seeds has duplicates"),
-    (lambda d: d["tasks"]["ft"].update(backbones=["unet"]), r"tasks\.ft\.backbones: unet \(nnunet\) cannot run"),
-    (lambda d: d["backbones"]["pre"].update(checkpoint="/nowhere/backbone.pt"),
-     r"backbones\.pre\.checkpoint: file not found: /nowhere/backbone\.pt"),
-    (lambda d: d["backbones"]["pre"].update(checkpoint="${NO_SUCH_VARIABLE_UD}/b.pt"),
-     r"backbones\.pre\.checkpoint: environment variable NO_SUCH_VARIABLE_UD is not set"),
-    (lambda d: d["backbones"]["rnd"].update(arch_like="ghost"), r"backbones\.rnd\.arch_like: unknown backbone 'ghost'"),
-    (lambda d: d["backbones"]["rnd"].update(label="tiny", method="UltraDINO"), r"Table 1 rows would merge"),
-    (lambda d: d["backbones"]["pre"].update(source="imagenet"), r"backbones\.pre\.source must be one of"),
-    (lambda d: d["datasets"]["fass"].update(datalist="/nowhere/datalist.json"),
-     r"datasets\.fass\.datalist: file not found: /nowhere/datalist\.json"),
-    (lambda d: d["datasets"]["fass"].pop("nnunet"), r"tasks\.fewshot: nnU-Net runs on dataset 'fass', which has no 'nnunet'"),
-    (lambda d: d["report"].update(fewshot_bars={"task": "ghost"}), r"report\.fewshot_bars: unknown task 'ghost'"),
-    (lambda d: d.update(backbones={}), r"'backbones' is required"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["tasks"]["fewshot"].update(dataset="nope"), r"tasks\.fewshot\.dataset: unknown dataset 'nope'"),
+        (lambda d: d["tasks"]["fewshot"].update(kind="detection"), r"tasks\.fewshot\.kind must be one of"),
+        (lambda d: d["tasks"]["fewshot"].update(colour="red"), r"tasks\.fewshot: unknown key\(s\) \['colour'\]"),
+        (lambda d: d["tasks"]["fewshot"].update(pairing="cross"), r"tasks\.fewshot\.pairing must be one of"),
+        (lambda d: d["tasks"]["full"].update(seeds=[0]), r"tasks\.full: pairing 'replicate' takes the seed"),
+        (lambda d: d["tasks"]["fewshot"].update(seeds=[0, 0]), r"tasks\.fewshot\.seeds has duplicates"),
+        (lambda d: d["tasks"]["ft"].update(backbones=["unet"]), r"tasks\.ft\.backbones: unet \(nnunet\) cannot run"),
+        (
+            lambda d: d["backbones"]["pre"].update(checkpoint="/nowhere/backbone.pt"),
+            r"backbones\.pre\.checkpoint: file not found: /nowhere/backbone\.pt",
+        ),
+        (
+            lambda d: d["backbones"]["pre"].update(checkpoint="${NO_SUCH_VARIABLE_UD}/b.pt"),
+            r"backbones\.pre\.checkpoint: environment variable NO_SUCH_VARIABLE_UD is not set",
+        ),
+        (
+            lambda d: d["backbones"]["rnd"].update(arch_like="ghost"),
+            r"backbones\.rnd\.arch_like: unknown backbone 'ghost'",
+        ),
+        (lambda d: d["backbones"]["rnd"].update(label="tiny", method="UltraDINO"), r"Table 1 rows would merge"),
+        (lambda d: d["backbones"]["pre"].update(source="imagenet"), r"backbones\.pre\.source must be one of"),
+        (
+            lambda d: d["datasets"]["fass"].update(datalist="/nowhere/datalist.json"),
+            r"datasets\.fass\.datalist: file not found: /nowhere/datalist\.json",
+        ),
+        (
+            lambda d: d["datasets"]["fass"].pop("nnunet"),
+            r"tasks\.fewshot: nnU-Net runs on dataset 'fass', which has no 'nnunet'",
+        ),
+        (lambda d: d["report"].update(fewshot_bars={"task": "ghost"}), r"report\.fewshot_bars: unknown task 'ghost'"),
+        (lambda d: d.update(backbones={}), r"'backbones' is required"),
+    ],
+)
 def test_invalid_specs_name_the_key(tiny, tmp_path, change, message):
     document = _document(tiny, tmp_path / "results")
     document["tasks"]["fewshot"]["backbones"] = ["pre", "rnd", "unet"]
@@ -148,8 +201,13 @@ def test_shipped_experiment_files_parse(monkeypatch):
     """experiments/paper.yaml (placeholders) and demo.yaml validate; paper's grid has the paper's shape."""
     monkeypatch.chdir(REPO)
     paper = load_spec(REPO / "experiments" / "paper.yaml", check_files=False)
-    assert {t.column for t in paper.tasks.values() if t.column} == {"JNU (p=4)", "FASS (n=20)", "FASS (full)",
-                                                                       "FT F1", "LP F1"}
+    assert {t.column for t in paper.tasks.values() if t.column} == {
+        "JNU (p=4)",
+        "FASS (n=20)",
+        "FASS (full)",
+        "FT F1",
+        "LP F1",
+    }
     pairs = {(t.name, b.name) for t, b in paper.pairs()}
     assert ("fetal_planes_linear_probe", "vit_s16_scratch") not in pairs  # Table 1: "–"
     assert ("fetal_planes_finetune", "nnunet") not in pairs
@@ -169,14 +227,19 @@ def test_cells_expand_as_backbone_x_task_x_split_x_seed(planned):
         by_task.setdefault(job.task, []).append(job)
     # fewshot: 2 draws x 2 seeds x 2 ViTs; full: 2 replicates x 3 backbones; label_eff: p10/p50 x 1 seed x 3;
     # ft: 2 replicates x 2 ViTs; lp: 1 split x 1 backbone
-    assert {task: len(jobs_) for task, jobs_ in by_task.items()} == {"fewshot": 8, "full": 6, "label_eff": 6,
-                                                                      "ft": 4, "lp": 1}
+    assert {task: len(jobs_) for task, jobs_ in by_task.items()} == {
+        "fewshot": 8,
+        "full": 6,
+        "label_eff": 6,
+        "ft": 4,
+        "lp": 1,
+    }
     assert sorted(j.cell_id for j in by_task["full"] if j.backbone == "pre") == ["full_seed0_seed0", "full_seed1_seed1"]
     prepares = [job for job in jobs if job.kind == "prepare"]
     assert [job.job_id for job in prepares] == ["_prepare/unet/fass"]
     # one nnU-Net export holds every split file the nnU-Net cells train on (full x 2, label_eff x 2)
     export = prepares[0].description["stages"][0]["argv"]
-    assert len(export[export.index("--split-file") + 1: export.index("--dataset-id")]) == 4
+    assert len(export[export.index("--split-file") + 1 : export.index("--dataset-id")]) == 4
     for job in cells:
         assert job.result_path == spec.results_dir / job.task / job.backbone / job.cell_id / "result.json"
         assert job.requires == (["_prepare/unet/fass"] if job.backbone == "unet" else [])
@@ -211,8 +274,16 @@ def test_cell_overrides_follow_the_repeat_contract(planned, tiny):
     assert rnd["scratch_overrides"] == {"patch_size": 16, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 4.0}
     ft = cell["ft/rnd/full_seed1_seed1"].description["run"]["overrides"]
     # merged into the classification config's own random_init (keeps its LayerScale init 0.1)
-    assert ft["random_init"] == {"arch": "vit_tiny", "depth": 4, "init_values": 0.1, "patch_size": 16,
-                                 "embed_dim": 32, "num_heads": 2, "mlp_ratio": 4.0, "num_register_tokens": 4}
+    assert ft["random_init"] == {
+        "arch": "vit_tiny",
+        "depth": 4,
+        "init_values": 0.1,
+        "patch_size": 16,
+        "embed_dim": 32,
+        "num_heads": 2,
+        "mlp_ratio": 4.0,
+        "num_register_tokens": 4,
+    }
     assert ft["if_missing"] == "error" and ft["pretrained_ckpt"] == "none"
     lp = cell["lp/pre/full_seed0_seed0"].description
     assert lp["eval_configs"] is None and lp["configs"][0].endswith("linear_probe.json")
@@ -220,15 +291,25 @@ def test_cell_overrides_follow_the_repeat_contract(planned, tiny):
     unet = cell["full/unet/full_seed1_seed1"].description
     train, predict, score = (stage["argv"] for stage in unet["stages"])
     assert train[3] == "train" and train[train.index("--fold") + 1].endswith("full_seed1.json")
-    assert score[score.index("--out") + 1] == str(spec.results_dir / "full" / "unet" / "full_seed1_seed1" / "result.json")
+    assert score[score.index("--out") + 1] == str(
+        spec.results_dir / "full" / "unet" / "full_seed1_seed1" / "result.json"
+    )
 
 
 def _record(job, value: float, kind: str = "segmentation") -> dict:
     metric = "foreground_dice" if kind == "segmentation" else "macro_f1"
     split = json.loads(Path(job.split_file).read_text())["split"]
-    return make_record(task=kind, dataset=split["dataset"], split_file=job.split_file, split_kind=split["kind"],
-                       seed=job.seed, backbone="bundle_name", method="bundle_method", metrics={metric: value},
-                       budget="demo")
+    return make_record(
+        task=kind,
+        dataset=split["dataset"],
+        split_file=job.split_file,
+        split_kind=split["kind"],
+        seed=job.seed,
+        backbone="bundle_name",
+        method="bundle_method",
+        metrics={metric: value},
+        budget="demo",
+    )
 
 
 def test_resume_plans_only_cells_without_results(planned):
@@ -248,18 +329,32 @@ def _command_job(root: Path, job_id: str, code: str, result: bool = True, requir
     run_dir = root / job_id
     result_path = run_dir / "result.json"
     argv = [sys.executable, "-c", code]
-    return grid_plan.Job(job_id=job_id, kind="cell", run_dir=run_dir, task=job_id.split("/")[0],
-                    backbone=job_id.split("/")[1], cell_id=job_id.split("/")[2], result_path=result_path,
-                    requires=list(requires),
-                    description={"kind": "commands", "run_dir": str(run_dir), "result_path": str(result_path),
-                                 "stages": [{"name": "work", "argv": argv}]})
+    return grid_plan.Job(
+        job_id=job_id,
+        kind="cell",
+        run_dir=run_dir,
+        task=job_id.split("/")[0],
+        backbone=job_id.split("/")[1],
+        cell_id=job_id.split("/")[2],
+        result_path=result_path,
+        requires=list(requires),
+        description={
+            "kind": "commands",
+            "run_dir": str(run_dir),
+            "result_path": str(result_path),
+            "stages": [{"name": "work", "argv": argv}],
+        },
+    )
 
 
 def test_runner_skips_done_cells_runs_the_rest_in_parallel_and_retries_failures(planned, tmp_path):
     """The runner's process machinery on two CPU workers with short command jobs (no bundle involved)."""
     spec, _ = planned
     out = tmp_path / "cmd"
-    write = "import json,time,os; time.sleep(0.5); open({!r},'w').write(json.dumps({{'omp': os.environ.get('OMP_NUM_THREADS')}}))"
+    write = (
+        "import json,time,os; time.sleep(0.5); "
+        "open({!r},'w').write(json.dumps({{'omp': os.environ.get('OMP_NUM_THREADS')}}))"
+    )
     jobs = [_command_job(out, f"t/b/c{i}", write.format(str(out / f"t/b/c{i}" / "result.json"))) for i in range(4)]
     jobs.append(_command_job(out, "t/b/bad", "import sys; print('boom: broken cell'); sys.exit(3)"))
     jobs[0].result_path.parent.mkdir(parents=True)
@@ -309,8 +404,13 @@ def test_cli_dry_run_and_status(planned):
     path = spec.results_dir / "exp.yaml"
     path.write_text(document)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    listed = subprocess.run([sys.executable, "-m", "ultradino_monai.experiments", "run", str(path), "--dry_run",
-                             "--tasks", "fewshot"], capture_output=True, text=True, env=env, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "ultradino_monai.experiments", "run", str(path), "--dry_run", "--tasks", "fewshot"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert len(lines) == 8 and lines[0].startswith("done  fewshot/pre/")
@@ -326,16 +426,26 @@ def test_cli_dry_run_and_status(planned):
 def test_report_numbers_equal_hand_computed_mean_and_sem(planned, tmp_path):
     spec, jobs = planned
     cells = {job.job_id: job for job in jobs if job.kind == "cell"}
-    fewshot_pre = {"fewshot/pre/fewshot_n2_draw0_seed0": 0.50, "fewshot/pre/fewshot_n2_draw0_seed1": 0.60,
-                   "fewshot/pre/fewshot_n2_draw1_seed0": 0.70, "fewshot/pre/fewshot_n2_draw1_seed1": 0.64}
+    fewshot_pre = {
+        "fewshot/pre/fewshot_n2_draw0_seed0": 0.50,
+        "fewshot/pre/fewshot_n2_draw0_seed1": 0.60,
+        "fewshot/pre/fewshot_n2_draw1_seed0": 0.70,
+        "fewshot/pre/fewshot_n2_draw1_seed1": 0.64,
+    }
     fewshot_rnd = {"fewshot/rnd/fewshot_n2_draw0_seed0": 0.30, "fewshot/rnd/fewshot_n2_draw1_seed1": 0.36}
-    full = {"full/pre/full_seed0_seed0": 0.80, "full/pre/full_seed1_seed1": 0.84,
-            "full/unet/full_seed0_seed0": 0.75}
-    label_eff = {"label_eff/pre/label_efficiency_p10_seed0_seed0": 0.55,
-                 "label_eff/pre/label_efficiency_p50_seed0_seed0": 0.72}
+    full = {"full/pre/full_seed0_seed0": 0.80, "full/pre/full_seed1_seed1": 0.84, "full/unet/full_seed0_seed0": 0.75}
+    label_eff = {
+        "label_eff/pre/label_efficiency_p10_seed0_seed0": 0.55,
+        "label_eff/pre/label_efficiency_p50_seed0_seed0": 0.72,
+    }
     ft = {"ft/pre/full_seed0_seed0": 0.91, "ft/pre/full_seed1_seed1": 0.93}
-    for values, kind in ((fewshot_pre, "segmentation"), (fewshot_rnd, "segmentation"), (full, "segmentation"),
-                         (label_eff, "segmentation"), (ft, "classification_finetune")):
+    for values, kind in (
+        (fewshot_pre, "segmentation"),
+        (fewshot_rnd, "segmentation"),
+        (full, "segmentation"),
+        (label_eff, "segmentation"),
+        (ft, "classification_finetune"),
+    ):
         for job_id, value in values.items():
             write_result(cells[job_id].result_path, _record(cells[job_id], value, kind))
     grid_plan.write_experiment_snapshot(spec, jobs)
@@ -352,9 +462,11 @@ def test_report_numbers_equal_hand_computed_mean_and_sem(planned, tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
     assert rows["UltraDINO (tiny) [reduced budget: demo]"] == (
         f"| UltraDINO (tiny) [reduced budget: demo] | {cell(fewshot_pre.values())} | {cell([0.80, 0.84])} | "
-        f"{cell(ft.values())} | – |")
+        f"{cell(ft.values())} | – |"
+    )
     assert rows["scratch (tiny) [reduced budget: demo]"] == (
-        f"| scratch (tiny) [reduced budget: demo] | {cell(fewshot_rnd.values())} | – | – | – |")
+        f"| scratch (tiny) [reduced budget: demo] | {cell(fewshot_rnd.values())} | – | – | – |"
+    )
     assert rows["nnUNet (UNet) [reduced budget: demo]"].split(" | ")[2] == "75.00 ± 0.00"
     assert cell(fewshot_pre.values()) == "61.00 ± 4.20"  # by hand: sqrt(0.0212 / 3) / sqrt(4) = 0.0420
     csv_lines = (spec.results_dir / "report" / "table1.csv").read_text().splitlines()
@@ -381,9 +493,15 @@ def test_killing_the_runner_and_rerunning_finishes_only_the_remaining_cells(tiny
     itself after the first result, check that its cell processes die with it, rerun, and check that
     the finished cell is not run again (same file, same mtime)."""
     document = _document(tiny, tmp_path / "results")
-    document["tasks"] = {"lp": {"kind": "classification_linear_probe", "dataset": "planes", "splits": "full_seed*",
-                                "seeds": [0, 1], "overrides": {"image_size": 32, "epochs": 1, "warmup_epochs": 0,
-                                                                "batch_size": 8}}}
+    document["tasks"] = {
+        "lp": {
+            "kind": "classification_linear_probe",
+            "dataset": "planes",
+            "splits": "full_seed*",
+            "seeds": [0, 1],
+            "overrides": {"image_size": 32, "epochs": 1, "warmup_epochs": 0, "batch_size": 8},
+        }
+    }
     document["backbones"] = {"pre": document["backbones"]["pre"]}
     document.pop("report")
     path = tmp_path / "exp.yaml"
@@ -398,8 +516,10 @@ def test_killing_the_runner_and_rerunning_finishes_only_the_remaining_cells(tiny
         if not list(results.glob("*/result.json")) or not status_path.is_file():
             return False
         jobs = json.loads(status_path.read_text())["jobs"]
-        return any(entry["state"] == "running" and not (results / job.split("/")[-1] / "result.json").is_file()
-                   for job, entry in jobs.items())
+        return any(
+            entry["state"] == "running" and not (results / job.split("/")[-1] / "result.json").is_file()
+            for job, entry in jobs.items()
+        )
 
     deadline = time.monotonic() + 600
     while not second_cell_running():  # one cell finished, the next one is in flight

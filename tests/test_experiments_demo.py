@@ -30,28 +30,66 @@ def _env(**extra):
 
 @pytest.mark.slow
 def test_demo_grid_end_to_end(tmp_path):
-    backbone = Path(os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt"))
+    backbone = Path(
+        os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt")
+    )
     if not backbone.is_file():
         root = tmp_path / "pretrain"
         completed = subprocess.run(
-            [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/pretrain/configs/train.json",
-             "--bundle_root", str(root), "--output_dir", str(root / "runs" / "demo")],
-            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=3600)
+            [
+                sys.executable,
+                "-m",
+                "monai.bundle",
+                "run",
+                "--config_file",
+                "bundles/pretrain/configs/train.json",
+                "--bundle_root",
+                str(root),
+                "--output_dir",
+                str(root / "runs" / "demo"),
+            ],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
         backbone = root / "models" / "backbone.pt"
     results = tmp_path / "results"
     env = _env(ULTRADINO_PRETRAINED_BACKBONE=str(backbone))
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "ultradino_monai.experiments", "run", "experiments/demo.yaml",
-                          "--workers", "2", "--results_dir", str(results)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=3 * 3600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ultradino_monai.experiments",
+            "run",
+            "experiments/demo.yaml",
+            "--workers",
+            "2",
+            "--results_dir",
+            str(results),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3 * 3600,
+    )
     minutes = (time.perf_counter() - started) / 60
     print(f"demo grid: {minutes:.1f} min on 2 workers")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "44 cell(s): 0 already done, 44 run now, 0 failed" in run.stdout
 
-    report = subprocess.run([sys.executable, "-m", "ultradino_monai.experiments", "report", str(results)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    report = subprocess.run(
+        [sys.executable, "-m", "ultradino_monai.experiments", "report", str(results)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     print(report.stdout)
     out = results / "report"
@@ -64,16 +102,20 @@ def test_demo_grid_end_to_end(tmp_path):
             assert image.format == "PNG" and image.size[0] > 400
 
     with open(out / "groups.csv", newline="") as stream:
-        groups = {(row["experiment_task"], row["method"]): (int(row["n"]), float(row["mean"]), float(row["sem"]))
-                  for row in csv.DictReader(stream)}
+        groups = {
+            (row["experiment_task"], row["method"]): (int(row["n"]), float(row["mean"]), float(row["sem"]))
+            for row in csv.DictReader(stream)
+        }
     for task in ("jnu_fewshot", "fass_fewshot"):
         n_pre, pretrained, sem_pre = groups[(task, "UltraDINO")]
         n_rnd, random_init, sem_rnd = groups[(task, "scratch")]
         assert n_pre == n_rnd == 2
-        print(f"{task}: pretrained {100 * pretrained:.2f} ± {100 * sem_pre:.2f}, "
-              f"random init {100 * random_init:.2f} ± {100 * sem_rnd:.2f}")
+        print(
+            f"{task}: pretrained {100 * pretrained:.2f} ± {100 * sem_pre:.2f}, "
+            f"random init {100 * random_init:.2f} ± {100 * sem_rnd:.2f}"
+        )
         assert pretrained > random_init + max(0.01, sem_pre + sem_rnd), (
-            f"{task}: the pretrained demo backbone does not beat a random init "
-            f"({pretrained:.4f} vs {random_init:.4f})")
+            f"{task}: the pretrained demo backbone does not beat a random init ({pretrained:.4f} vs {random_init:.4f})"
+        )
     status = json.loads((results / "status.json").read_text())
     assert status["counts"]["failed"] == 0

@@ -244,8 +244,17 @@ def test_unpaired_files_and_mask_shape_errors(tmp_path):
 def test_cli(tmp_path, capsys):
     raw = _nested_zip(tmp_path / "release.zip")
     images, patients = _expected_counts()
-    code = main([str(raw), str(tmp_path / "cli"), "--expect-images", str(images),
-                 "--expect-patients", str(patients), "--no-splits"])
+    code = main(
+        [
+            str(raw),
+            str(tmp_path / "cli"),
+            "--expect-images",
+            str(images),
+            "--expect-patients",
+            str(patients),
+            "--no-splits",
+        ]
+    )
     assert code == 0
     assert f"FASS: {images} images of {patients} patients" in capsys.readouterr().out
     assert main([str(raw), str(tmp_path / "cli2")]) == 2

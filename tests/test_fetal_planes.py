@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -19,8 +18,11 @@ from ultradino_monai.utils.files import sha256_file
 PLANES = list(CLASSES)
 SIZES = [(40, 30), (52, 36), (45, 33)]  # (W, H): the release mixes image sizes
 N_TRAIN_PATIENTS, N_TEST_PATIENTS, PER_PATIENT = 12, 6, 3
-TINY = {"images": (N_TRAIN_PATIENTS + N_TEST_PATIENTS) * PER_PATIENT, "test": N_TEST_PATIENTS * PER_PATIENT,
-        "patients": N_TRAIN_PATIENTS + N_TEST_PATIENTS}
+TINY = {
+    "images": (N_TRAIN_PATIENTS + N_TEST_PATIENTS) * PER_PATIENT,
+    "test": N_TEST_PATIENTS * PER_PATIENT,
+    "patients": N_TRAIN_PATIENTS + N_TEST_PATIENTS,
+}
 
 
 def _rows():
@@ -30,7 +32,9 @@ def _rows():
         for k in range(PER_PATIENT):
             plane = PLANES[(p + k) % len(PLANES)]
             brain = "Trans-thalamic" if plane == "Fetal brain" else "Not A Brain"
-            rows.append((f"Patient{p:05d}_Plane{k + 1}_1_of_{PER_PATIENT}", p, plane, brain, "Op. 1", "Voluson E6", train))
+            rows.append(
+                (f"Patient{p:05d}_Plane{k + 1}_1_of_{PER_PATIENT}", p, plane, brain, "Op. 1", "Voluson E6", train)
+            )
     return rows
 
 
@@ -75,8 +79,10 @@ def _all_items(datalist):
 
 
 def test_release_csv_quirks_are_handled():
-    data = "Image_name;Patient_num;Plane;Brain_plane;Operator;US_Machine;Train \n" \
-           "Patient00007_Plane3_1_of_2;7;Fetal femur;Not A Brain;Op. 2;Aloka;0\n".encode()
+    data = (
+        b"Image_name;Patient_num;Plane;Brain_plane;Operator;US_Machine;Train \n"
+        b"Patient00007_Plane3_1_of_2;7;Fetal femur;Not A Brain;Op. 2;Aloka;0\n"
+    )
     (record,) = parse_release_csv(data)
     assert record["image"] == "images/Patient00007_Plane3_1_of_2.png"
     assert record["label"] == 4 and record["patient"] == "Patient00007" and record["train_flag"] == 0
@@ -123,8 +129,12 @@ def test_folder_release_labels_splits_and_images(release, tmp_path):
     assert 6 <= len(sections["validation"]) <= 9
     # the datalist split is splits.patient_grouped_split with the holdout salt, i.e. full_seed0.json
     split0 = read_datalist(out / "splits" / "full_seed0.json")
-    assert [i["image"].split("/")[-1] for i in split0["training"]] == [i["image"].split("/")[-1] for i in document["training"]]
-    assert [i["image"].split("/")[-1] for i in split0["validation"]] == [i["image"].split("/")[-1] for i in document["validation"]]
+    assert [i["image"].split("/")[-1] for i in split0["training"]] == [
+        i["image"].split("/")[-1] for i in document["training"]
+    ]
+    assert [i["image"].split("/")[-1] for i in split0["validation"]] == [
+        i["image"].split("/")[-1] for i in document["validation"]
+    ]
     # per-section class counts are reported and add up
     for section, items in sections.items():
         counts = report["sections"][section]["classes"]
@@ -137,7 +147,7 @@ def test_folder_release_labels_splits_and_images(release, tmp_path):
 def test_split_is_seeded(release, tmp_path):
     raw, _ = release
     a = convert_fetal_planes(raw, tmp_path / "a", seed=1, expected=TINY, write_splits=False)
-    b = convert_fetal_planes(raw, tmp_path / "b", seed=1, expected=TINY, write_splits=False)
+    convert_fetal_planes(raw, tmp_path / "b", seed=1, expected=TINY, write_splits=False)
     c = convert_fetal_planes(raw, tmp_path / "c", seed=2, expected=TINY, write_splits=False)
     docs = [read_datalist(tmp_path / name / "datalist.json") for name in "abc"]
     assert docs[0]["validation"] == docs[1]["validation"]
@@ -156,12 +166,16 @@ def test_zip_release_matches_folder_and_input_is_untouched(release, tmp_path):
     convert_fetal_planes(raw, tmp_path / "from_folder", expected=TINY, write_splits=False)
     convert_fetal_planes(zip_path, tmp_path / "from_zip", expected=TINY, write_splits=False)
     assert sha256_file(zip_path) == before
-    assert sorted(p.name for p in zip_path.parent.iterdir() if p.name.startswith("FETAL")) == ["FETAL_PLANES_ZENODO.zip"]
+    assert sorted(p.name for p in zip_path.parent.iterdir() if p.name.startswith("FETAL")) == [
+        "FETAL_PLANES_ZENODO.zip"
+    ]
     a = read_datalist(tmp_path / "from_folder" / "datalist.json")
     b = read_datalist(tmp_path / "from_zip" / "datalist.json")
     assert a["training"] == b["training"] and a["test"] == b["test"]
     for item in a["test"]:
-        assert sha256_file(tmp_path / "from_folder" / item["image"]) == sha256_file(tmp_path / "from_zip" / item["image"])
+        assert sha256_file(tmp_path / "from_folder" / item["image"]) == sha256_file(
+            tmp_path / "from_zip" / item["image"]
+        )
 
 
 def test_zip_with_path_traversal_is_refused(release, tmp_path):
@@ -213,7 +227,9 @@ def test_ultradino_split_import_gives_exact_sections(release, tmp_path, capsys):
     _write_ultradino_csvs(tmp_path / "ud", rows, assignment)
     expected_ud = {"training": 27, "validation": 9, "test": 18}
     out = tmp_path / "out"
-    report = convert_fetal_planes(raw, out, ultradino_splits=tmp_path / "ud", expected=TINY, expected_ultradino=expected_ud)
+    report = convert_fetal_planes(
+        raw, out, ultradino_splits=tmp_path / "ud", expected=TINY, expected_ultradino=expected_ud
+    )
     document = read_datalist(out / "datalist.json")
     for section in ("training", "validation", "test"):
         assert {i["id"] for i in document[section]} == {r[0] for r in rows if assignment(r) == section}
@@ -237,4 +253,6 @@ def test_ultradino_split_disagreeing_with_release_is_refused(release, tmp_path):
     lines[1] = ",".join(fields)
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConversionError, match="label .* disagrees with the release table"):
-        convert_fetal_planes(raw, tmp_path / "out", ultradino_splits=tmp_path / "ud", expected=TINY, expected_ultradino=None)
+        convert_fetal_planes(
+            raw, tmp_path / "out", ultradino_splits=tmp_path / "ud", expected=TINY, expected_ultradino=None
+        )

@@ -7,16 +7,21 @@ import hashlib
 import hmac
 
 import pytest
+from phi_fixtures import SyntheticStudy, make_us_dataset
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from data_prep.ingest.annex_e import TABLE_E1_1, blocklist_violations
 from data_prep.ingest.config import IngestConfig
-from data_prep.ingest.deid import PERMITTED_REPLACEMENTS, HeaderDeidentifier, add_markers, classify_sop_class, parse_date
+from data_prep.ingest.deid import (
+    PERMITTED_REPLACEMENTS,
+    HeaderDeidentifier,
+    add_markers,
+    classify_sop_class,
+    parse_date,
+)
 from data_prep.ingest.keys import Pseudonymizer, SecretKeyError, load_secret_key
-
-from phi_fixtures import SyntheticStudy, make_us_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on the broken dates we feed it
 KEY = b"unit-test-key-0123456789abcdef"
@@ -60,9 +65,14 @@ def test_key_file_errors(tmp_path):
 def test_date_offsets_per_patient_in_range_and_intervals_kept():
     config = IngestConfig()
     pseudo = Pseudonymizer(KEY)
-    offsets = {pseudo.date_offset_days(f"id:|MRN{i}", config.date_shift_min_days, config.date_shift_span_days) for i in range(50)}
+    offsets = {
+        pseudo.date_offset_days(f"id:|MRN{i}", config.date_shift_min_days, config.date_shift_span_days)
+        for i in range(50)
+    }
     assert len(offsets) > 40  # differ between patients
-    assert all(-(config.date_shift_min_days + config.date_shift_span_days) < o <= -config.date_shift_min_days for o in offsets)
+    assert all(
+        -(config.date_shift_min_days + config.date_shift_span_days) < o <= -config.date_shift_min_days for o in offsets
+    )
     deid = HeaderDeidentifier(pseudo, config)
     study = SyntheticStudy("DT", study_date="20230415", lmp="20221110")
     dataset, _ = make_us_dataset(study, plant_everything=False, banner_height=0)
@@ -145,7 +155,13 @@ def test_blocklist_catches_each_kind_of_leak():
     item.PatientBirthDate = "19700101"
     dataset.ReferencedStudySequence = Sequence([item])
     problems = "\n".join(blocklist_violations(dataset, PERMITTED_REPLACEMENTS))
-    for needle in ("SOPInstanceUID: UID was not replaced", "InstitutionName", "private tag", "overlay", "ReferencedStudySequence"):
+    for needle in (
+        "SOPInstanceUID: UID was not replaced",
+        "InstitutionName",
+        "private tag",
+        "overlay",
+        "ReferencedStudySequence",
+    ):
         assert needle in problems
     assert TABLE_E1_1[0x00100010] == "Z" and TABLE_E1_1[0x00880200] == "X" and len(TABLE_E1_1) > 600
 

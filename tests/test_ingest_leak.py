@@ -23,6 +23,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from audit_page import Page, assert_page_matches_outputs, image_metadata
+from phi_fixtures import PlantedPhi, SyntheticStudy, make_us_dataset
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
@@ -33,11 +35,14 @@ from data_prep.ingest import Pseudonymizer
 from data_prep.ingest.annex_e import blocklist_violations
 from data_prep.ingest.deid import PERMITTED_REPLACEMENTS, parse_date
 
-from audit_page import Page, assert_page_matches_outputs, image_metadata
-from phi_fixtures import PlantedPhi, SyntheticStudy, make_us_dataset
-
 KEY = b"leak-scan-test-key-0123456789abcdef"
-US_EXAMPLES = ["examples_palette.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_jpeg2k.dcm", "ExplVR_BigEnd.dcm"]
+US_EXAMPLES = [
+    "examples_palette.dcm",
+    "examples_ybr_color.dcm",
+    "examples_rgb_color.dcm",
+    "examples_jpeg2k.dcm",
+    "ExplVR_BigEnd.dcm",
+]
 PHI_FOLDER = "ZZDOE^JANE 19610301 MRN4455"
 PHI_FILE = "ZZDOE_JANE_MRN4455_US.dcm"
 # Attributes whose original values the allowlist keeps on purpose (docs/deidentification.md §0)
@@ -91,7 +96,9 @@ class Needles:
                     dataset = dcmread(path, force=True)
                     if "SOPClassUID" not in dataset and "PatientName" not in dataset:
                         return  # not DICOM: a forced parse of text yields garbage
-                elements = list(_walk(dataset)) + (list(_walk(dataset.file_meta)) if hasattr(dataset, "file_meta") else [])
+                elements = list(_walk(dataset)) + (
+                    list(_walk(dataset.file_meta)) if hasattr(dataset, "file_meta") else []
+                )
         except Exception:
             return
         for element in elements:
@@ -164,11 +171,21 @@ class Needles:
             digits.add(uid.replace(".", ""))
         for date in self.dates:
             y, m, d = date[:4], date[4:6], date[6:]
-            for form in (f"{y}-{m}-{d}", f"{y}.{m}.{d}", f"{y}/{m}/{d}", f"{m}/{d}/{y}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{int(m)}/{int(d)}/{y}"):
+            for form in (
+                f"{y}-{m}-{d}",
+                f"{y}.{m}.{d}",
+                f"{y}/{m}/{d}",
+                f"{m}/{d}/{y}",
+                f"{d}.{m}.{y}",
+                f"{d}/{m}/{y}",
+                f"{int(m)}/{int(d)}/{y}",
+            ):
                 long.add(form)
             digits |= {date, f"{d}{m}{y}", f"{m}{d}{y}"}
-        return {key: sorted(value, key=lambda v: (-len(v), v)) for key, value in
-                {"long": long, "words": words, "digits": digits, "normalised": normalised}.items()}
+        return {
+            key: sorted(value, key=lambda v: (-len(v), v))
+            for key, value in {"long": long, "words": words, "digits": digits, "normalised": normalised}.items()
+        }
 
 
 def _walk(dataset: Dataset):
@@ -269,7 +286,10 @@ def scan(output: Path, needles: Needles, extra_text: str = "") -> list[str]:
         joined = re.sub(r"(?<=\d)[.\-/](?=\d)", "\x01", corpus.text)
         digits_only = joined.replace("\x01", "")
         pattern = re.compile("(?<!\\d)(?:" + "|".join(forms["digits"]) + ")(?!\\d)")
-        hits.extend(f"digits: {m.group()!r} near {digits_only[max(0, m.start() - 20):m.end() + 20]!r}" for m in pattern.finditer(digits_only))
+        hits.extend(
+            f"digits: {m.group()!r} near {digits_only[max(0, m.start() - 20) : m.end() + 20]!r}"
+            for m in pattern.finditer(digits_only)
+        )
     tokens = " ".join(_norm(token) for token in re.split(r"[\s,;\"'{}\[\]:=<>\x00]+", corpus.text))
     hits.extend(f"normalised {n!r}" for n in forms["normalised"] if n in tokens)
     # Raw bytes of PNG (verbatim) and DICOM (lower-cased) files, joined for one pass per needle.
@@ -287,7 +307,9 @@ def _synthetic_inputs(root: Path, needles: Needles) -> dict[str, str]:
     cine, planted = make_us_dataset(study_a, frames=4, doppler=True, rows=200, columns=256, region=(30, 40, 225, 189))
     needles.add_planted(planted)
     write_dataset(root / PHI_FOLDER / PHI_FILE, cine)
-    still, planted = make_us_dataset(study_a, instance=2, photometric="MONOCHROME2", rows=200, columns=256, region=(30, 40, 225, 189))
+    still, planted = make_us_dataset(
+        study_a, instance=2, photometric="MONOCHROME2", rows=200, columns=256, region=(30, 40, 225, 189)
+    )
     # A derived image that references the cine: references must use the same UID map.
     reference = Dataset()
     reference.ReferencedSOPClassUID = cine.SOPClassUID
@@ -303,7 +325,15 @@ def _synthetic_inputs(root: Path, needles: Needles) -> dict[str, str]:
         archive.write(member, f"ZZROE^QB_{study_b.patient_id}/IMG0001")
         archive.writestr("../../escape_ZZROE.dcm", member.read_bytes())
     member.unlink()
-    needles.strings |= {PHI_FOLDER, "ZZDOE", "MRN4455", "ZZDOE_JANE_MRN4455_US", "ZZROE", "escape_ZZROE", f"ZZROE^QB_{study_b.patient_id}"}
+    needles.strings |= {
+        PHI_FOLDER,
+        "ZZDOE",
+        "MRN4455",
+        "ZZDOE_JANE_MRN4455_US",
+        "ZZROE",
+        "escape_ZZROE",
+        f"ZZROE^QB_{study_b.patient_id}",
+    }
     return {"cine": cine.SOPInstanceUID, "still": still.SOPInstanceUID, "study_a": cine.StudyInstanceUID}
 
 
@@ -464,7 +494,9 @@ def test_every_input_accounted_and_positions_only(ingested):
     report = json.loads((output / "report.json").read_text())
     files = report["files"]
     inputs = [p for p in ingested["input"].rglob("*") if p.is_file()]
-    zip_members = sum(len([i for i in zipfile.ZipFile(p).infolist() if not i.is_dir()]) for p in inputs if p.suffix == ".zip")
+    zip_members = sum(
+        len([i for i in zipfile.ZipFile(p).infolist() if not i.is_dir()]) for p in inputs if p.suffix == ".zip"
+    )
     assert files["found"] == len(inputs) - sum(p.suffix == ".zip" for p in inputs) + zip_members
     assert files["found"] == files["converted"] + files["quarantined"] + files["skipped"]
     rows = list(csv.DictReader((output / "quarantine.csv").open()))
@@ -473,7 +505,14 @@ def test_every_input_accounted_and_positions_only(ingested):
     assert all(r["position"].isdigit() and int(r["position"]) < files["found"] for r in rows)
     assert set(rows[0]) == {"position", "frame", "outcome", "reason"}
     reasons = {r["reason"] for r in file_rows}
-    assert {"zip_unsafe_path", "dicomdir", "not_dicom", "secondary_capture", "structured_report", "not_ultrasound_image"} <= reasons
+    assert {
+        "zip_unsafe_path",
+        "dicomdir",
+        "not_dicom",
+        "secondary_capture",
+        "structured_report",
+        "not_ultrasound_image",
+    } <= reasons
     assert report["reasons"]["skipped"]["dicomdir"] >= 1
 
 
@@ -543,12 +582,16 @@ def test_stale_regions_never_used_and_spacing_is_ten_delta(ingested):
         instance = pseudo.instance(dcmread(get_testdata_file(name, download=False)).SOPInstanceUID)
         mine = [r for r in rows if r["instance"] == instance]
         # Converted only under mask-top (whole frame), never cropped to the stale region.
-        assert mine and all(r["pixel_policy"] == "mask-top" and r["crop_x0"] == "0" and r["crop_y0"] == "0" for r in mine)
+        assert mine and all(
+            r["pixel_policy"] == "mask-top" and r["crop_x0"] == "0" and r["crop_y0"] == "0" for r in mine
+        )
     synthetic = [r for r in rows if r["manufacturer"] == "Synthetic Medical"]
     assert synthetic and all(r["pixel_policy"] == "region" for r in synthetic)
     for row in synthetic:
         # make_us_dataset stores PhysicalDelta = 0.025 cm with unit code 3 (cm).
-        assert float(row["spacing_row_mm"]) == pytest.approx(0.25) and float(row["spacing_col_mm"]) == pytest.approx(0.25)
+        assert float(row["spacing_row_mm"]) == pytest.approx(0.25) and float(row["spacing_col_mm"]) == pytest.approx(
+            0.25
+        )
     cine = [r for r in synthetic if r["frames_in_source"] == "4"]
     assert {(r["crop_x0"], r["crop_y0"], r["crop_x1"], r["crop_y1"], r["width"], r["height"]) for r in cine} == {
         ("30", "40", "225", "189", "196", "150")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 
 import pytest
+from phi_fixtures import SyntheticStudy, make_us_dataset
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from data_prep.dicom_synth import write_dataset
 from data_prep.ingest import BannerPolicy, IngestConfig, run_ingest
 from data_prep.ingest.ocr import PhiTextDetector, header_tokens
-
-from phi_fixtures import SyntheticStudy, make_us_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 KEY = b"ocr-test-key-0123456789abcdef"
@@ -70,7 +69,10 @@ def test_ocr_check_quarantines_burned_in_text_and_verifies_masks(tmp_path):
     report = run_ingest(source, output, KEY, config, workers=0, progress=False)
     assert report["files"] == {"found": 3, "converted": 2, "quarantined": 1, "skipped": 0}
     rows = list(csv.DictReader((output / "quarantine.csv").open()))
-    assert {(r["position"], r["frame"], r["reason"]) for r in rows} == {("0", "", "ocr_header_token"), ("0", "0", "ocr_header_token")}
+    assert {(r["position"], r["frame"], r["reason"]) for r in rows} == {
+        ("0", "", "ocr_header_token"),
+        ("0", "0", "ocr_header_token"),
+    }
     manifest = list(csv.DictReader((output / "manifest.csv").open()))
     assert [(r["input_position"], r["pixel_policy"], r["ocr"], r["pixels_verified"]) for r in manifest] == [
         ("1", "region", "clean", "1"),

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from phi_fixtures import SyntheticStudy, make_us_dataset
 from PIL import Image
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
@@ -27,8 +28,6 @@ from data_prep.dicom_synth import write_dataset
 from data_prep.ingest import IngestConfig, Pseudonymizer, run_ingest
 from data_prep.ingest.discovery import InputItem
 from data_prep.ingest.process import WorkContext, process_item
-
-from phi_fixtures import SyntheticStudy, make_us_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 KEY = b"pipeline-test-key-0123456789abcdef"
@@ -51,7 +50,9 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data_prep.ingest", *args], capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "data_prep.ingest", *args], capture_output=True, text=True, timeout=300, **kwargs
+    )
 
 
 @pytest.fixture()
@@ -82,7 +83,9 @@ def test_cli_errors_are_clear_and_non_zero(tmp_path, key_file, capsys):
     empty.write_text("")
     code, err = run(str(source), str(tmp_path / "out"), "--secret-file", str(empty))
     assert code == 2 and "empty" in err
-    code, err = run(str(source), str(tmp_path / "out"), "--secret-file", str(key_file), "--banner-policy", "mask-everything")
+    code, err = run(
+        str(source), str(tmp_path / "out"), "--secret-file", str(key_file), "--banner-policy", "mask-everything"
+    )
     assert code == 2 and "banner-policy" in err
     code, err = run(str(source), str(tmp_path / "out"), "--secret-file", str(key_file), "--frame-stride", "0")
     assert code == 2 and "frame-stride" in err
@@ -187,7 +190,12 @@ def test_zip_archives_are_read_in_place_with_traversal_guard(tmp_path):
     (source / "broken.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 50)
     report = run_ingest(source, output, KEY, workers=0, progress=False)
     assert report["files"]["found"] == 7 and report["files"]["converted"] == 1
-    assert report["reasons"]["quarantined"] == {"bad_archive": 1, "nested_archive": 1, "zip_encrypted": 1, "zip_unsafe_path": 3}
+    assert report["reasons"]["quarantined"] == {
+        "bad_archive": 1,
+        "nested_archive": 1,
+        "zip_encrypted": 1,
+        "zip_unsafe_path": 3,
+    }
     assert not (tmp_path / "evil.dcm").exists() and not list(tmp_path.rglob("evil*"))
 
 
@@ -253,8 +261,8 @@ def _header_mutations(data: bytes) -> dict[str, bytes]:
     marker = struct.pack("<HH", 0x0028, 0x0010) + b"US"
     position = data.find(marker)
     if position >= 0:
-        out["vr_sq"] = data[:position + 4] + b"SQ" + data[position + 6 :]
-        out["vr_un"] = data[:position + 4] + b"UN" + data[position + 6 :]
+        out["vr_sq"] = data[: position + 4] + b"SQ" + data[position + 6 :]
+        out["vr_un"] = data[: position + 4] + b"UN" + data[position + 6 :]
     return out
 
 
@@ -293,8 +301,17 @@ def test_fuzzed_files_never_crash_and_are_all_accounted(tmp_path, key_file):
     assert "internal_error" not in reasons and "worker_crash" not in reasons
 
 
-@settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=st.lists(st.tuples(st.integers(0, 3999), st.integers(0, 255)), min_size=1, max_size=20), cut=st.integers(200, 4000))
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 3999), st.integers(0, 255)), min_size=1, max_size=20),
+    cut=st.integers(200, 4000),
+)
 def test_hypothesis_mutations_give_a_record_not_a_crash(tmp_path, edits, cut):
     base = _FUZZ_BASE
     data = bytearray(base[:cut] if cut < len(base) else base)
@@ -367,7 +384,19 @@ def test_kill_minus_9_and_resume_gives_identical_outputs(tmp_path, key_file):
         dataset, _ = small_us(f"KR{index}", frames=4, rows=240, columns=320, doppler=True)
         write_dataset(source / f"p{index}" / "cine.dcm", dataset)
     reference = tmp_path / "reference"
-    assert cli(str(source), str(reference), "--secret-file", str(key_file), "--keep-dicom", "--png-compress-level", "9", "--no-progress").returncode == 0
+    assert (
+        cli(
+            str(source),
+            str(reference),
+            "--secret-file",
+            str(key_file),
+            "--keep-dicom",
+            "--png-compress-level",
+            "9",
+            "--no-progress",
+        ).returncode
+        == 0
+    )
 
     interrupted = tmp_path / "interrupted"
     # First kill: the main process only (its worker dies with it via PDEATHSIG).
@@ -384,7 +413,16 @@ def test_kill_minus_9_and_resume_gives_identical_outputs(tmp_path, key_file):
     assert done < items
     time.sleep(0.2)
     assert not (interrupted / "manifest.csv").exists()
-    result = cli(str(source), str(interrupted), "--secret-file", str(key_file), "--keep-dicom", "--png-compress-level", "9", "--no-progress")
+    result = cli(
+        str(source),
+        str(interrupted),
+        "--secret-file",
+        str(key_file),
+        "--keep-dicom",
+        "--png-compress-level",
+        "9",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert tree_bytes(interrupted) == tree_bytes(reference)
     assert not [p for p in interrupted.rglob("*") if p.name.startswith(".ingest-tmp-") or p.name.endswith(".tmp")]

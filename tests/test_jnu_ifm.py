@@ -93,8 +93,12 @@ SPLIT_OPTIONS = {"fewshot_patients": 1, "fewshot_max_images": 2, "num_draws": 2,
 
 def _convert(raw: Path, out: Path, **kwargs):
     return convert_jnu_ifm(
-        raw, out, expect_frames=_frames_in_intersection(), expect_videos=len(VIDEOS),
-        split_options=SPLIT_OPTIONS, **kwargs,
+        raw,
+        out,
+        expect_frames=_frames_in_intersection(),
+        expect_videos=len(VIDEOS),
+        split_options=SPLIT_OPTIONS,
+        **kwargs,
     )
 
 

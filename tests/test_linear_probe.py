@@ -154,15 +154,25 @@ def _engines(model, train_loader, val_loader, specs, epochs, prepare_batch=None)
     scheduler = warmup_cosine_scheduler(optimizer, epochs, len(train_loader), warmup_epochs=1)
     metric = HeadGridMetric(specs)
     evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=val_loader, network=model,
-        key_val_metric={"val_best_head_accuracy": metric}, decollate=False,
+        device=torch.device("cpu"),
+        val_data_loader=val_loader,
+        network=model,
+        key_val_metric={"val_best_head_accuracy": metric},
+        decollate=False,
     )
     extra = {"prepare_batch": prepare_batch} if prepare_batch is not None else {}
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=train_loader, network=model,
-        optimizer=optimizer, loss_function=SummedCrossEntropy(), decollate=False,
-        train_handlers=[LrScheduleHandler(scheduler, print_lr=False, epoch_level=False),
-                        ValidationHandler(interval=epochs, validator=evaluator)],
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=train_loader,
+        network=model,
+        optimizer=optimizer,
+        loss_function=SummedCrossEntropy(),
+        decollate=False,
+        train_handlers=[
+            LrScheduleHandler(scheduler, print_lr=False, epoch_level=False),
+            ValidationHandler(interval=epochs, validator=evaluator),
+        ],
         **extra,
     )
     return trainer, metric
@@ -241,7 +251,9 @@ def test_feature_cache_hits_and_invalidates(tmp_path):
     direct = extractor(transforms(dict(items[2]))["image"].as_tensor()[None])
     torch.testing.assert_close(second["features"][2:3], direct)
     # another preprocessing, other weights, or a replaced image: recomputed
-    assert not cached_probe_features(extractor, items, transforms, {**desc, "normalization": "none"}, cache, "cpu")["cache_hit"]
+    assert not cached_probe_features(extractor, items, transforms, {**desc, "normalization": "none"}, cache, "cpu")[
+        "cache_hit"
+    ]
     other = FrozenFeatureExtractor(build_vit("vit_tiny", depth=4, embed_dim=DIM * 2, num_heads=2, img_size=32), 4)
     assert state_dict_digest(other.backbone) != state_dict_digest(extractor.backbone)
     assert not cached_probe_features(other, items, transforms, desc, cache, "cpu")["cache_hit"]

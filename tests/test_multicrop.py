@@ -31,8 +31,13 @@ def _small(**kwargs) -> DinoMultiCrop:
 def _torchvision_view(source: torch.Tensor, p, flip: str, mean: float, std: float) -> torch.Tensor:
     """The same view built from torchvision's functional ops, from the drawn parameters."""
     top, left, h, w = p.box
-    x = F.interpolate(source[None, :, top : top + h, left : left + w], size=(p.size, p.size), mode="bicubic",
-                      antialias=True, align_corners=False)[0].clamp(0, 1)
+    x = F.interpolate(
+        source[None, :, top : top + h, left : left + w],
+        size=(p.size, p.size),
+        mode="bicubic",
+        antialias=True,
+        align_corners=False,
+    )[0].clamp(0, 1)
     if p.flip:
         x = TF.vertical_flip(x) if flip == "vertical" else TF.horizontal_flip(x)
     if p.jitter is not None:
@@ -81,8 +86,9 @@ def test_resize_taps_reproduce_torch_antialias(interpolation, in_size, out_size)
     index, weight = resize_taps(in_size, out_size, interpolation)
     signal = torch.rand(in_size, dtype=torch.float64)
     ours = (torch.from_numpy(weight.copy()) * signal[torch.from_numpy(index.copy())]).sum(1)
-    ref = F.interpolate(signal.view(1, 1, 1, -1), size=(1, out_size), mode=interpolation, antialias=True,
-                        align_corners=False).view(-1)
+    ref = F.interpolate(
+        signal.view(1, 1, 1, -1), size=(1, out_size), mode=interpolation, antialias=True, align_corners=False
+    ).view(-1)
     assert torch.allclose(ours, ref, atol=1e-9)
     assert np.allclose(weight.sum(1), 1.0)
 
@@ -97,8 +103,15 @@ def test_render_views_uint8_scale_equals_float_input():
 
 def _full_frame(**kwargs) -> DinoMultiCrop:
     """Deterministic geometry: the crop is the whole frame, no colour ops."""
-    return _small(global_scale=(1.0, 1.0), local_scale=(1.0, 1.0), ratio=(W / H, W / H), jitter_prob=0.0,
-                  blur_probabilities=(0.0, 0.0, 0.0), solarize_prob=0.0, **kwargs)
+    return _small(
+        global_scale=(1.0, 1.0),
+        local_scale=(1.0, 1.0),
+        ratio=(W / H, W / H),
+        jitter_prob=0.0,
+        blur_probabilities=(0.0, 0.0, 0.0),
+        solarize_prob=0.0,
+        **kwargs,
+    )
 
 
 def test_vertical_flip_flips_rows():

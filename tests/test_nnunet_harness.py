@@ -43,10 +43,16 @@ def tiny(tmp_path_factory):
     datalist = root / "fass" / "datalist.json"
     fass_splits(datalist, root / "splits", seed=0, num_seeds=1, num_draws=1, fewshot_images=2, label_percentages=())
     # a second base seed draws a different test set: exporting both would leak test cases into training
-    fass_splits(datalist, root / "splits_seed1", seed=1, num_seeds=1, num_draws=1, fewshot_images=2,
-                label_percentages=())
-    return {"root": root, "datalist": datalist, "full": root / "splits" / "full_seed0.json",
-            "fewshot": root / "splits" / "fewshot_n2_draw0.json", "other_test": root / "splits_seed1" / "full_seed0.json"}
+    fass_splits(
+        datalist, root / "splits_seed1", seed=1, num_seeds=1, num_draws=1, fewshot_images=2, label_percentages=()
+    )
+    return {
+        "root": root,
+        "datalist": datalist,
+        "full": root / "splits" / "full_seed0.json",
+        "fewshot": root / "splits" / "fewshot_n2_draw0.json",
+        "other_test": root / "splits_seed1" / "full_seed0.json",
+    }
 
 
 # ------------------------------------------------------------------ small pure functions
@@ -92,13 +98,13 @@ def test_case_ids_and_dataset_names():
 
 # ------------------------------------------------------------------ export
 def test_export_writes_the_shared_preprocessing_pixels(tiny, tmp_path, clean_env):
+    from nnunet_baselines.export import case_id, export_dataset
     from ultradino_monai.data.datalist import load_datalist
     from ultradino_monai.transforms.ultrasound import ultrasound_preprocessing
 
-    from nnunet_baselines.export import case_id, export_dataset
-
-    manifest_path = export_dataset(tiny["datalist"], [tiny["full"], tiny["fewshot"]], 912, "Units", tmp_path,
-                                   size=SIZE, bit_depth=16)
+    manifest_path = export_dataset(
+        tiny["datalist"], [tiny["full"], tiny["fewshot"]], 912, "Units", tmp_path, size=SIZE, bit_depth=16
+    )
     raw = tmp_path / "nnUNet_raw" / "Dataset912_Units"
     assert manifest_path == raw / "ultradino_export.json"
     manifest = json.loads(manifest_path.read_text())
@@ -123,7 +129,8 @@ def test_export_writes_the_shared_preprocessing_pixels(tiny, tmp_path, clean_env
     data, properties = NaturalImage2DIO().read_images([str(raw / "imagesTr" / f"{case_id(item)}_0000.png")])
     assert data.shape == (1, 1, SIZE, SIZE) and properties["spacing"] == (999, 1, 1)
     expected = ultrasound_preprocessing(spatial_size=(SIZE, SIZE), normalization="none")(
-        {"image": item["image"], "label": item["label"]})["image"][0].numpy()
+        {"image": item["image"], "label": item["label"]}
+    )["image"][0].numpy()
     np.testing.assert_allclose(data[0, 0] / 65535.0, expected, atol=0.5 / 65535 + 1e-7)
 
 
@@ -185,8 +192,11 @@ class _Oracle(torch.nn.Module):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         out = []
         for image in batch:
-            index = next(i for i, known in enumerate(self.images) if torch.equal(known, image.as_tensor()
-                                                                                 if hasattr(image, "as_tensor") else image))
+            index = next(
+                i
+                for i, known in enumerate(self.images)
+                if torch.equal(known, image.as_tensor() if hasattr(image, "as_tensor") else image)
+            )
             one_hot = torch.nn.functional.one_hot(self.masks[index], self.num_classes).permute(2, 0, 1).float()
             out.append(one_hot)
         return torch.stack(out)
@@ -198,13 +208,12 @@ def test_score_matches_the_segmentation_evaluator_on_hand_made_masks(tiny, tmp_p
     from monai.handlers import from_engine
 
     import ultradino_monai.engines.segmentation as seg
-    from ultradino_monai.data.datalist import load_datalist
-    from ultradino_monai.evaluation.aggregate import load_results
-    from ultradino_monai.evaluation.metrics import PooledDiceMetric
-
     from nnunet_baselines.cli import main
     from nnunet_baselines.export import case_id
     from nnunet_baselines.score import score_folder
+    from ultradino_monai.data.datalist import load_datalist
+    from ultradino_monai.evaluation.aggregate import load_results
+    from ultradino_monai.evaluation.metrics import PooledDiceMetric
 
     split_file = tiny["full"]
     items = load_datalist(split_file, "test")
@@ -223,8 +232,9 @@ def test_score_matches_the_segmentation_evaluator_on_hand_made_masks(tiny, tmp_p
     dataset = CacheDataset(seg.section_items(split_file, "test"), transform=transform, progress=False)
     loader = DataLoader(dataset, batch_size=2, shuffle=False, num_workers=0)
     metric = PooledDiceMetric(num_classes=5, output_transform=from_engine(["pred", "label"]))
-    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=oracle,
-                                    key_val_metric={"val_fg_dice": metric})
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=oracle, key_val_metric={"val_fg_dice": metric}
+    )
     evaluator.run()
     bundle = evaluator.state.metric_details["val_fg_dice"]
 
@@ -244,8 +254,26 @@ def test_score_matches_the_segmentation_evaluator_on_hand_made_masks(tiny, tmp_p
 
     # the CLI writes the same number into a valid result record
     out = tmp_path / "results" / "handmade.json"
-    assert main(["score", "--pred-dir", str(prediction_dir), "--split-file", str(split_file), "--size", str(SIZE),
-                 "--out", str(out), "--trainer", "nnUNetTrainer", "--epochs", "1000"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--pred-dir",
+                str(prediction_dir),
+                "--split-file",
+                str(split_file),
+                "--size",
+                str(SIZE),
+                "--out",
+                str(out),
+                "--trainer",
+                "nnUNetTrainer",
+                "--epochs",
+                "1000",
+            ]
+        )
+        == 0
+    )
     (record,) = load_results(tmp_path / "results")
     assert record["metrics"]["foreground_dice"] == pytest.approx(bundle["foreground_mean"], abs=1e-15)
     assert record["budget"] == "paper" and record["method"] == "nnUNet" and record["split_kind"] == "full"
@@ -257,22 +285,30 @@ def test_score_matches_the_segmentation_evaluator_on_hand_made_masks(tiny, tmp_p
 
 
 def test_compare_puts_nnunet_next_to_foundation_models(tmp_path):
+    from nnunet_baselines.compare import compare_results
     from ultradino_monai.evaluation.aggregate import make_record, write_result
 
-    from nnunet_baselines.compare import compare_results
-
     def record(method, backbone, budget, split, value):
-        return make_record(task="segmentation", dataset="fass", split_file=split, split_kind="full", seed=0,
-                           backbone=backbone, method=method, budget=budget,
-                           metrics={"foreground_dice": value, "dice_per_class": {}})
+        return make_record(
+            task="segmentation",
+            dataset="fass",
+            split_file=split,
+            split_kind="full",
+            seed=0,
+            backbone=backbone,
+            method=method,
+            budget=budget,
+            metrics={"foreground_dice": value, "dice_per_class": {}},
+        )
 
     fm, nn = tmp_path / "fm", tmp_path / "nn"
     for s, value in enumerate((0.70, 0.74, 0.72)):
         write_result(fm / f"r{s}.json", record("UltraDINO", "vit_small_patch16", "paper", f"full_seed{s}.json", value))
     for s, value in enumerate((0.76, 0.78)):
         write_result(nn / f"r{s}.json", record("nnUNet", "PlainConvUNet_2d", "paper", f"full_seed{s}.json", value))
-    write_result(nn / "short.json", record("nnUNet", "PlainConvUNet_2d", "nnUNetTrainer_5epochs/5ep",
-                                           "full_seed0.json", 0.30))
+    write_result(
+        nn / "short.json", record("nnUNet", "PlainConvUNet_2d", "nnUNetTrainer_5epochs/5ep", "full_seed0.json", 0.30)
+    )
     summary = compare_results([fm, nn], tmp_path / "out")
     markdown = summary["markdown"]
     # UltraDINO: mean 72.00, SEM = std(0.70, 0.74, 0.72) / sqrt(3) = 0.02 / sqrt(3) = 1.1547% -> 1.15

@@ -54,21 +54,47 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet_e2e")
     generate_fass(root, seed=0, scale=SCALES["tiny"])
     datalist = root / "fass" / "datalist.json"
-    split_paths = fass_splits(datalist, root / "splits", seed=0, num_seeds=1, num_draws=1, fewshot_images=2,
-                              label_percentages=())
+    split_paths = fass_splits(
+        datalist, root / "splits", seed=0, num_seeds=1, num_draws=1, fewshot_images=2, label_percentages=()
+    )
     split_file = root / "splits" / "full_seed0.json"
     assert split_file in split_paths
     workdir = root / "work"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     # 2-core CI box: one pool worker, single-threaded augmentation (docs/datasets.md §2.8)
     env.update({"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": "1"})
-    command = [sys.executable, "-m", "nnunet_baselines", "run", str(datalist), "--split-file", str(split_file),
-               "--dataset-id", str(DATASET_ID), "--name", NAME, "--workdir", str(workdir), "--size", str(SIZE),
-               "--trainer", TRAINER, "--device", "cpu", "--da-workers", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "nnunet_baselines",
+        "run",
+        str(datalist),
+        "--split-file",
+        str(split_file),
+        "--dataset-id",
+        str(DATASET_ID),
+        "--name",
+        NAME,
+        "--workdir",
+        str(workdir),
+        "--size",
+        str(SIZE),
+        "--trainer",
+        TRAINER,
+        "--device",
+        "cpu",
+        "--da-workers",
+        "0",
+    ]
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    return {"root": root, "datalist": datalist, "split_file": split_file, "workdir": workdir,
-            "stdout": completed.stdout}
+    return {
+        "root": root,
+        "datalist": datalist,
+        "split_file": split_file,
+        "workdir": workdir,
+        "stdout": completed.stdout,
+    }
 
 
 def test_raw_dataset_keeps_test_cases_out_of_training(pipeline):

@@ -31,8 +31,9 @@ SIZE = 32
 def _export(model: torch.nn.Module, path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(model, torch.zeros(1, 1, SIZE, SIZE), str(path), input_names=["image"],
-                          output_names=["pred"], dynamo=False)
+        torch.onnx.export(
+            model, torch.zeros(1, 1, SIZE, SIZE), str(path), input_names=["image"], output_names=["pred"], dynamo=False
+        )
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,10 @@ def test_submit_blocks_while_max_in_flight_frames_are_unfinished(classifier):
 def test_prediction_agreement_matches_a_hand_count(classifier, tmp_path):
     model, fp32 = classifier
     assert prediction_agreement(fp32, fp32, _frames(4)) == {
-        "frames": 4, "top1_agreement": 1.0, "max_abs_probability_change": 0.0}
+        "frames": 4,
+        "top1_agreement": 1.0,
+        "max_abs_probability_change": 0.0,
+    }
     # a second model whose head favours class 5 just enough to take over about half of the frames
     frames = _frames(12, seed=3)
     with torch.no_grad():

@@ -8,7 +8,6 @@ import pytest
 from data_prep import phantom as P
 from data_prep.phantom.plane_scenes import BUILDERS
 
-
 # ----------------------------------------------------------------------------- biometry
 
 
@@ -76,9 +75,21 @@ def _homogeneous_acquisition(seed=0, tissue=None, extra_layers=()):
     layout = P.FanLayout.fit(probe, (400, 400))
     grid = P.PolarGrid.for_layout(layout)
     params = P.ImagingParams(
-        target_mean=40, target_std=50, pulse_cycles=2.5, lateral_sigma_lines=1.0, tgc_residual_db_per_cm=0.0,
-        tgc_wiggle_db=0.0, noise_floor_db=-80.0, reverb_db=-60.0, smoothing_mm=0.0, tgc_follow=0.0,
-        interface_db=0.0, focus_depth=0.5, focus_gain_db=0.0, edge_loss_db=0.0)
+        target_mean=40,
+        target_std=50,
+        pulse_cycles=2.5,
+        lateral_sigma_lines=1.0,
+        tgc_residual_db_per_cm=0.0,
+        tgc_wiggle_db=0.0,
+        noise_floor_db=-80.0,
+        reverb_db=-60.0,
+        smoothing_mm=0.0,
+        tgc_follow=0.0,
+        interface_db=0.0,
+        focus_depth=0.5,
+        focus_gain_db=0.0,
+        edge_loss_db=0.0,
+    )
     scene = P.Scene(tissue or P.Tissue(0.0, atten=0.5, texture_db=0.0))
     for shape, t in extra_layers:
         scene.add(shape, t)
@@ -93,7 +104,7 @@ def test_speckle_first_order_statistics_match_rayleigh():
     """Speckle calibration (docs/phantom.md): fully developed speckle has mean/std 1.91 and a 5.57 dB log std."""
     grid, params, acq = _homogeneous_acquisition()
     log_env = P.envelope_db(acq, params)
-    band = log_env[int(0.3 * log_env.shape[0]):int(0.7 * log_env.shape[0]), 10:-10]
+    band = log_env[int(0.3 * log_env.shape[0]) : int(0.7 * log_env.shape[0]), 10:-10]
     band = band - band.mean(axis=1, keepdims=True)  # remove the (flat) depth profile
     assert band.std() == pytest.approx(5.57, abs=0.35)
     amplitude = 10 ** (band / 20)
@@ -105,8 +116,8 @@ def test_tgc_compensates_nominal_attenuation():
     grid, params, acq = _homogeneous_acquisition()
     log_env = P.envelope_db(acq, params)
     rows = log_env.shape[0]
-    shallow = log_env[int(0.15 * rows):int(0.3 * rows)].mean()
-    deep = log_env[int(0.7 * rows):int(0.85 * rows)].mean()
+    shallow = log_env[int(0.15 * rows) : int(0.3 * rows)].mean()
+    deep = log_env[int(0.7 * rows) : int(0.85 * rows)].mean()
     assert abs(shallow - deep) < 1.0
 
 

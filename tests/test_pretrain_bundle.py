@@ -21,20 +21,34 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "pretrain" / "configs"
 
 TINY = [
-    "--backbone_overrides", "{'depth': 2, 'embed_dim': 48, 'num_heads': 2}",
-    "--patch_size", "8",
-    "--global_crops_size", "32",
-    "--local_crops_size", "16",
-    "--n_local_crops", "2",
-    "--num_prototypes", "64",
-    "--head_hidden_dim", "64",
-    "--head_bottleneck_dim", "32",
-    "--global_batch_size", "4",
-    "--epoch_length", "2",
-    "--eval_interval", "2",
-    "--checkpoint_interval", "2",
-    "--log_interval", "1",
-    "--warmup_teacher_temp_epochs", "1",
+    "--backbone_overrides",
+    "{'depth': 2, 'embed_dim': 48, 'num_heads': 2}",
+    "--patch_size",
+    "8",
+    "--global_crops_size",
+    "32",
+    "--local_crops_size",
+    "16",
+    "--n_local_crops",
+    "2",
+    "--num_prototypes",
+    "64",
+    "--head_hidden_dim",
+    "64",
+    "--head_bottleneck_dim",
+    "32",
+    "--global_batch_size",
+    "4",
+    "--epoch_length",
+    "2",
+    "--eval_interval",
+    "2",
+    "--checkpoint_interval",
+    "2",
+    "--log_interval",
+    "1",
+    "--warmup_teacher_temp_epochs",
+    "1",
 ]
 
 
@@ -57,24 +71,38 @@ def tiny_data(tmp_path_factory):
         Image.fromarray(image).save(root / "planes" / f"{index}.png")
         item = {"image": str(root / "planes" / f"{index}.png"), "label": index % 6, "patient": f"q{index}"}
         (training if index < 12 else validation).append(item)
-    write_datalist(root / "planes" / "datalist.json", {"training": training, "validation": validation},
-                   classes=PLANE_CLASSES)
+    write_datalist(
+        root / "planes" / "datalist.json", {"training": training, "validation": validation}, classes=PLANE_CLASSES
+    )
     return root
 
 
 def run_bundle(config_files, *overrides, env=None, launcher=None, timeout=600):
     config = "[" + ",".join(f"'{CONFIGS / name}'" for name in config_files) + "]"
     command = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", "--config_file", config, *overrides]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
 
 
 def train(tiny_data, out, *extra, epochs=2, configs=("train.json",), **kwargs):
     return run_bundle(
-        configs, "--dataset_dir", str(tiny_data / "frames"), "--knn_datalist", str(tiny_data / "planes" / "datalist.json"),
-        "--bundle_root", str(out), "--run_name", "run", "--epochs", str(epochs), *TINY, *extra, **kwargs,
+        configs,
+        "--dataset_dir",
+        str(tiny_data / "frames"),
+        "--knn_datalist",
+        str(tiny_data / "planes" / "datalist.json"),
+        "--bundle_root",
+        str(out),
+        "--run_name",
+        "run",
+        "--epochs",
+        str(epochs),
+        *TINY,
+        *extra,
+        **kwargs,
     )
 
 
@@ -91,9 +119,20 @@ def trained(tiny_data, tmp_path_factory):
 
 def test_metadata_verifies_against_cached_schema():
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
-         "--filepath", str(REPO / "bundles" / "meta_schema.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--filepath",
+            str(REPO / "bundles" / "meta_schema.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
@@ -123,7 +162,7 @@ def test_training_writes_checkpoints_logs_and_teacher_export(trained):
     # the exported backbone is exactly the teacher backbone of the final checkpoint
     loaded = load_backbone(out / "models" / "backbone.pt", img_size=None)
     assert loaded.source == "ultradino"
-    teacher = {k[len("backbone."):]: v for k, v in state["teacher"].items() if k.startswith("backbone.")}
+    teacher = {k[len("backbone.") :]: v for k, v in state["teacher"].items() if k.startswith("backbone.")}
     exported = loaded.model.state_dict()
     assert set(exported) == set(teacher)
     for key, value in teacher.items():
@@ -147,10 +186,29 @@ def test_deterministic_runs_repeat_and_resume_continues(trained, tiny_data, tmp_
 def test_resume_without_checkpoint_fails_clearly(tiny_data, tmp_path):
     config = "['" + str(CONFIGS / "train.json") + "']"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(tiny_data / "frames"),
-         "--bundle_root", str(tmp_path), "--resume", "true", "--knn_datalist", "none",
-         "--demo_dir", str(tmp_path / "no_demo"), *TINY],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config,
+            "--dataset_dir",
+            str(tiny_data / "frames"),
+            "--bundle_root",
+            str(tmp_path),
+            "--resume",
+            "true",
+            "--knn_datalist",
+            "none",
+            "--demo_dir",
+            str(tmp_path / "no_demo"),
+            *TINY,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "start without --resume" in result.stderr
@@ -159,9 +217,20 @@ def test_resume_without_checkpoint_fails_clearly(tiny_data, tmp_path):
 def test_paper_overlay_runs_without_a_monitoring_set(tiny_data, tmp_path):
     """ultradino_vits16.json (knn_datalist null, sqrt lr scaling), shrunk by TINY to a few steps."""
     result = run_bundle(
-        ("train.json", "ultradino_vits16.json"), "--dataset_dir", str(tiny_data / "frames"),
-        "--bundle_root", str(tmp_path), "--run_name", "run", "--epochs", "1", "--warmup_epochs", "0",
-        "--num_workers", "0", *TINY,
+        ("train.json", "ultradino_vits16.json"),
+        "--dataset_dir",
+        str(tiny_data / "frames"),
+        "--bundle_root",
+        str(tmp_path),
+        "--run_name",
+        "run",
+        "--epochs",
+        "1",
+        "--warmup_epochs",
+        "0",
+        "--num_workers",
+        "0",
+        *TINY,
     )
     # sqrt scaling (docs/recipe.md §2): 0.004 * sqrt(4 / 1024) = 0.00025
     assert "peak lr 0.00025 (base 0.004, batch 4, scaling sqrt)" in result.stdout + result.stderr
@@ -173,10 +242,27 @@ def test_paper_overlay_runs_without_a_monitoring_set(tiny_data, tmp_path):
 def test_missing_dataset_explains_ingestion(tmp_path):
     config = "['" + str(CONFIGS / "train.json") + "']"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(tmp_path / "nowhere"),
-         "--bundle_root", str(tmp_path), "--knn_datalist", "none",
-         "--demo_dir", str(tmp_path / "no_demo"), *TINY],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config,
+            "--dataset_dir",
+            str(tmp_path / "nowhere"),
+            "--bundle_root",
+            str(tmp_path),
+            "--knn_datalist",
+            "none",
+            "--demo_dir",
+            str(tmp_path / "no_demo"),
+            *TINY,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "python -m data_prep.ingest" in result.stderr
@@ -184,8 +270,13 @@ def test_missing_dataset_explains_ingestion(tmp_path):
 
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
-    result = train(tiny_data, tmp_path, configs=("train.json", "multi_gpu_train.json"), launcher=launcher,
-                   env={"OMP_NUM_THREADS": "1"})
+    result = train(
+        tiny_data,
+        tmp_path,
+        configs=("train.json", "multi_gpu_train.json"),
+        launcher=launcher,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     # finalize() compares the teacher on both ranks and raises if they differ
     assert "identical on all 2 ranks" in result.stdout + result.stderr
     checkpoints = sorted((tmp_path / "runs" / "run" / "checkpoints").glob("checkpoint*.pt"))
@@ -199,9 +290,17 @@ def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
 def test_inference_writes_embeddings_and_attention_maps(trained, tiny_data, tmp_path):
     out, _ = trained
     run_bundle(
-        ("inference.json",), "--backbone_path", str(out / "models" / "backbone.pt"),
-        "--dataset_dir", str(tiny_data / "planes"), "--output_dir", str(tmp_path), "--image_size", "32",
-        "--num_attention_images", "2",
+        ("inference.json",),
+        "--backbone_path",
+        str(out / "models" / "backbone.pt"),
+        "--dataset_dir",
+        str(tiny_data / "planes"),
+        "--output_dir",
+        str(tmp_path),
+        "--image_size",
+        "32",
+        "--num_attention_images",
+        "2",
     )
     embeddings = np.load(tmp_path / "embeddings.npz")
     assert embeddings["cls"].shape == (6, 48)

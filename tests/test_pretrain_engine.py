@@ -46,36 +46,55 @@ class Scalars(torch.utils.data.Dataset):
 
 def build_trainer(tmp_path, handlers=(), nan_after=None, max_epochs=2):
     pretrain.configure_run(seed=0, deterministic=True)
-    backbone = build_vit("vit_tiny", depth=2, embed_dim=32, num_heads=2, patch_size=8, img_size=32,
-                         drop_path_rate=0.1)
+    backbone = build_vit("vit_tiny", depth=2, embed_dim=32, num_heads=2, patch_size=8, img_size=32, drop_path_rate=0.1)
     student = DinoModel(backbone, DINOHead(32, K, hidden_dim=32, bottleneck_dim=16))
     teacher = pretrain.make_teacher(student)
     optimizer = build_adamw(student, lr=0.0, weight_decay=0.0, layer_decay_rate=0.9, patch_embed_lr_mult=0.2)
     sampler = InfiniteSeededSampler(10, seed=3)
     loader = torch.utils.data.DataLoader(
-        SeededTransformDataset(Scalars(), RandomCrops()), batch_size=BATCH, sampler=sampler,
+        SeededTransformDataset(Scalars(), RandomCrops()),
+        batch_size=BATCH,
+        sampler=sampler,
         collate_fn=pretrain.SampleSeededMaskCollate(n_tokens=16, seed=3),
     )
     schedules = build_dino_schedules(0.004, BATCH, 2, EPOCH_LENGTH, 1, 1e-6, 0.04, 0.4, 0.992, 1.0, 0.07, 0.04, 1, 1)
     trainer = DinoTrainer(
-        "cpu", max_epochs, EPOCH_LENGTH, loader, student, teacher, optimizer, schedules,
-        DINOLoss(K), iBOTPatchLoss(K), KoLeoLoss(), n_local_crops=2,
+        "cpu",
+        max_epochs,
+        EPOCH_LENGTH,
+        loader,
+        student,
+        teacher,
+        optimizer,
+        schedules,
+        DINOLoss(K),
+        iBOTPatchLoss(K),
+        KoLeoLoss(),
+        n_local_crops=2,
         train_handlers=list(handlers),
     )
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
     if nan_after is not None:
+
         def poison(engine):
             if engine.state.iteration == nan_after:
                 with torch.no_grad():
                     next(engine.student.dino_head.parameters()).fill_(float("nan"))
+
         trainer.add_event_handler(Events.ITERATION_COMPLETED, poison)
     return trainer, losses
 
 
 def checkpoint_dict(trainer):
-    return {"student": trainer.student, "teacher": trainer.teacher, "optimizer": trainer.optimizer,
-            "dino_loss": trainer.dino_loss, "ibot_loss": trainer.ibot_loss, "trainer": trainer}
+    return {
+        "student": trainer.student,
+        "teacher": trainer.teacher,
+        "optimizer": trainer.optimizer,
+        "dino_loss": trainer.dino_loss,
+        "ibot_loss": trainer.ibot_loss,
+        "trainer": trainer,
+    }
 
 
 def test_sampler_stream_is_seeded_and_sharded():
@@ -113,8 +132,13 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
     ckpt_dir = tmp_path / "ckpt"
     interrupted, first_losses = build_trainer(tmp_path, max_epochs=1)
-    CheckpointSaver(str(ckpt_dir), checkpoint_dict(interrupted), save_final=True, final_filename="checkpoint_3.pt",
-                    epoch_level=False).attach(interrupted)
+    CheckpointSaver(
+        str(ckpt_dir),
+        checkpoint_dict(interrupted),
+        save_final=True,
+        final_filename="checkpoint_3.pt",
+        epoch_level=False,
+    ).attach(interrupted)
     interrupted.run()
     assert pretrain.latest_checkpoint(ckpt_dir).endswith("checkpoint_3.pt")
 

@@ -65,9 +65,13 @@ def test_plan_runs_names_folders_and_overrides(tmp_path, bundle):
     assert [r.run_id for r in runs] == ["a_seed0", "a_seed2", "b_seed0", "b_seed2"]
     run = runs[3]
     assert run.overrides == {
-        "seed": 2, "run_name": "b_seed2", "output_dir": str(tmp_path / "out" / "b_seed2"),
+        "seed": 2,
+        "run_name": "b_seed2",
+        "output_dir": str(tmp_path / "out" / "b_seed2"),
         "model_dir": str(tmp_path / "out" / "b_seed2" / "models"),
-        "result_path": str(tmp_path / "out" / "b_seed2" / "result.json"), "split_file": splits[1], "lr": 0.1,
+        "result_path": str(tmp_path / "out" / "b_seed2" / "result.json"),
+        "split_file": splits[1],
+        "lr": 0.1,
     }
     assert [r.run_id for r in repeat.plan_runs(tmp_path / "out", seeds=[1])] == ["seed1"]
     renamed = repeat.plan_runs(tmp_path / "out", seeds=[1], keys={"seed": "random_seed"})[0]
@@ -108,24 +112,54 @@ def test_sweep_runs_both_stages_and_reports_mean_and_sem(tmp_path, bundle):
     assert (out / "summary.csv").read_text().splitlines()[0].startswith("method,backbone,task,dataset,split_kind")
 
     # a second sweep finds every result and runs nothing (a failing config would otherwise raise)
-    again = repeat.repeat(train, out, seeds=[0, 1], split_files=splits, eval_config_file=evaluate,
-                          overrides={"fail_seed": 0}, in_process=True, stop_on_error=True)
+    again = repeat.repeat(
+        train,
+        out,
+        seeds=[0, 1],
+        split_files=splits,
+        eval_config_file=evaluate,
+        overrides={"fail_seed": 0},
+        in_process=True,
+        stop_on_error=True,
+    )
     assert sorted(again.skipped) == ["a_seed0", "a_seed1", "b_seed0", "b_seed1"] and again.rows[0]["n"] == 4
 
 
 def test_failed_run_is_reported_and_the_rest_aggregated(tmp_path, bundle, capsys):
     train, evaluate, _ = bundle
     out = tmp_path / "out"
-    code = repeat.main(["--config_file", str(train), "--eval_config_file", str(evaluate), "--seeds", "0", "1", "2",
-                        "--output_dir", str(out), "--override", "fail_seed=1", "--in_process"])
+    code = repeat.main(
+        [
+            "--config_file",
+            str(train),
+            "--eval_config_file",
+            str(evaluate),
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--output_dir",
+            str(out),
+            "--override",
+            "fail_seed=1",
+            "--in_process",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 1
     assert "FAILED seed1" in printed and "1 failed" in printed
     assert "| toy | vit_toy | segmentation | toy | fewshot_n20 | 2 | 60.00 ± 10.00 |" in printed
     assert not (out / "seed1" / "result.json").exists()
     with pytest.raises(RuntimeError, match="planned failure"):
-        repeat.repeat(train, out, seeds=[1], eval_config_file=evaluate, overrides={"fail_seed": 1},
-                      in_process=True, stop_on_error=True)
+        repeat.repeat(
+            train,
+            out,
+            seeds=[1],
+            eval_config_file=evaluate,
+            overrides={"fail_seed": 1},
+            in_process=True,
+            stop_on_error=True,
+        )
 
 
 def test_run_without_a_result_is_an_error(tmp_path, bundle):
@@ -139,11 +173,31 @@ def test_stages_run_in_monai_bundle_subprocesses(tmp_path, bundle, capsys):
     out = tmp_path / "out"
     # one stage that trains and evaluates (what a bundle without a separate evaluate.json does)
     combined = tmp_path / "configs" / "train_and_evaluate.json"
-    combined.write_text(json.dumps({**TRAIN, **EVALUATE, "imports": TRAIN["imports"] + EVALUATE["imports"],
-                                    "run": TRAIN["run"] + EVALUATE["run"]}))
+    combined.write_text(
+        json.dumps(
+            {
+                **TRAIN,
+                **EVALUATE,
+                "imports": TRAIN["imports"] + EVALUATE["imports"],
+                "run": TRAIN["run"] + EVALUATE["run"],
+            }
+        )
+    )
     # default mode: every stage is a `python -m monai.bundle run --config_file [...] --args_file ...` process
-    code = repeat.main(["--config_file", str(combined), "--split_files", splits[1],
-                        "--seeds", "2", "--output_dir", str(out), "--logging_file", "False"])
+    code = repeat.main(
+        [
+            "--config_file",
+            str(combined),
+            "--split_files",
+            splits[1],
+            "--seeds",
+            "2",
+            "--output_dir",
+            str(out),
+            "--logging_file",
+            "False",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "71.00 ± 0.00" in printed  # 0.5 + 0.1 * seed 2 + 0.01 for split b
@@ -151,16 +205,41 @@ def test_stages_run_in_monai_bundle_subprocesses(tmp_path, bundle, capsys):
     assert record["metrics"]["foreground_dice"] == pytest.approx(0.71)
     assert (out / "b_seed2" / "train.log").is_file()
     assert json.loads((out / "b_seed2" / "train_args.json").read_text())["split_file"] == splits[1]
-    assert repeat.main(["--config_file", str(train), "--split_files", splits[1], "--seeds", "2", "3",
-                        "--output_dir", str(out), "--dry_run"]) == 0
+    assert (
+        repeat.main(
+            [
+                "--config_file",
+                str(train),
+                "--split_files",
+                splits[1],
+                "--seeds",
+                "2",
+                "3",
+                "--output_dir",
+                str(out),
+                "--dry_run",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "b_seed2 [done]" in printed and "b_seed3 [todo]" in printed
 
 
 def test_module_entry_point_reports_bad_arguments(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "ultradino_monai.evaluation.repeat", "--config_file", str(tmp_path / "missing.json"),
-         "--output_dir", str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "ultradino_monai.evaluation.repeat",
+            "--config_file",
+            str(tmp_path / "missing.json"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 2 and "config file not found" in completed.stderr

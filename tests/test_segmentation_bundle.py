@@ -69,8 +69,18 @@ def trained(tiny_fass, tmp_path_factory):
     overrides = {**TINY, "bundle_root": str(root), "dataset_dir": str(tiny_fass)}
     args_file = root / "overrides.json"
     args_file.write_text(json.dumps(overrides))
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json"),
-               "--args_file", str(args_file), "--max_iterations", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "train.json"),
+        "--args_file",
+        str(args_file),
+        "--max_iterations",
+        "5",
+    ]
     completed = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return root, overrides, completed.stdout + completed.stderr
@@ -101,8 +111,10 @@ def test_evaluate_writes_a_result_record_with_per_class_dice(trained, tiny_fass)
     result_path = root / "result.json"
     workflow = ConfigWorkflow(
         config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
-        meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train", **{**overrides, "result_path": str(result_path), "seed": 3},
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        **{**overrides, "result_path": str(result_path), "seed": 3},
     )
     workflow.initialize()
     workflow.run()
@@ -141,9 +153,14 @@ def test_inference_writes_masks_and_overlays_at_the_original_size(trained, tiny_
     input_dir = tiny_fass / "images"
     output_dir = root / "inference"
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"), workflow_type="inference",
-        bundle_root=str(root), input_dir=str(input_dir), output_dir=str(output_dir), batch_size=4,
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="inference",
+        bundle_root=str(root),
+        input_dir=str(input_dir),
+        output_dir=str(output_dir),
+        batch_size=4,
     )
     workflow.initialize()
     workflow.run()
@@ -169,13 +186,21 @@ def test_verify_metadata_and_net_in_out(trained, tiny_fass):
     root, overrides, _ = trained
     # the training definition with tiny settings (a random backbone) ...
     verify_net_in_out(
-        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "train.json"),
-        device="cpu", n=1, **{k: v for k, v in overrides.items() if k not in ("max_iterations",)},
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "train.json"),
+        device="cpu",
+        n=1,
+        **{k: v for k, v in overrides.items() if k not in ("max_iterations",)},
     )
     # ... and the trained model as inference.json rebuilds it
     verify_net_in_out(
-        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
-        device="cpu", n=2, bundle_root=str(root),
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        device="cpu",
+        n=2,
+        bundle_root=str(root),
     )
 
 
@@ -183,8 +208,10 @@ def test_train_config_has_the_model_zoo_properties(tiny_fass, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train",
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
         **{**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(tiny_fass)},
     )
     workflow.initialize()
@@ -209,8 +236,16 @@ def _run_cli(configs, overrides, cwd, timeout):
     args_file = Path(overrides["output_dir"]) / "args.json"
     args_file.parent.mkdir(parents=True, exist_ok=True)
     args_file.write_text(json.dumps(overrides))
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(c) for c in configs]),
-               "--args_file", str(args_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        json.dumps([str(c) for c in configs]),
+        "--args_file",
+        str(args_file),
+    ]
     completed = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
@@ -230,22 +265,39 @@ def test_fewshot_pretrained_backbone_beats_random_init(tmp_path):
 
     demo_dir = tmp_path / "demo"
     generate_demo(demo_dir, seed=0)
-    backbone = Path(os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt"))
+    backbone = Path(
+        os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt")
+    )
     if not backbone.is_file():
         pretrain_root = tmp_path / "pretrain"
         backbone = pretrain_root / "models" / "backbone.pt"
-        _run_cli([REPO / "bundles" / "pretrain" / "configs" / "train.json"],
-                 {"bundle_root": str(pretrain_root), "demo_dir": str(demo_dir),
-                  "output_dir": str(pretrain_root / "runs" / "demo")}, REPO, 3600)
+        _run_cli(
+            [REPO / "bundles" / "pretrain" / "configs" / "train.json"],
+            {
+                "bundle_root": str(pretrain_root),
+                "demo_dir": str(demo_dir),
+                "output_dir": str(pretrain_root / "runs" / "demo"),
+            },
+            REPO,
+            3600,
+        )
     assert backbone.is_file()
     sidecar = json.loads(backbone.with_suffix(".json").read_text())
-    splits = [p for p in fass_splits(demo_dir / "fass" / "datalist.json", tmp_path / "splits", seed=0, num_draws=2)
-              if p.name.startswith("fewshot_n20_draw")]
+    splits = [
+        p
+        for p in fass_splits(demo_dir / "fass" / "datalist.json", tmp_path / "splits", seed=0, num_draws=2)
+        if p.name.startswith("fewshot_n20_draw")
+    ]
     assert len(splits) == 2
 
     common = {
-        "image_size": 64, "decoder_channels": 64, "batch_size": 8, "max_iterations": 300, "val_interval": 50,
-        "warmup_iterations": 20, "scratch_arch": sidecar["arch"] if sidecar["arch"] != "custom" else "vit_tiny",
+        "image_size": 64,
+        "decoder_channels": 64,
+        "batch_size": 8,
+        "max_iterations": 300,
+        "val_interval": 50,
+        "warmup_iterations": 20,
+        "scratch_arch": sidecar["arch"] if sidecar["arch"] != "custom" else "vit_tiny",
         "scratch_overrides": {k: sidecar[k] for k in ("embed_dim", "depth", "num_heads")},
         "bundle_root": str(tmp_path),
     }
@@ -253,15 +305,21 @@ def test_fewshot_pretrained_backbone_beats_random_init(tmp_path):
     # "none", not None: the bundle CLI drops None overrides and would load the default export
     for arm, checkpoint in (("pretrained", str(backbone)), ("scratch", "none")):
         summary = repeat.repeat(
-            CONFIGS / "train.json", tmp_path / "runs" / arm, seeds=[0], split_files=splits,
-            eval_config_file=CONFIGS / "evaluate.json", overrides={**common, "pretrained_ckpt": checkpoint},
+            CONFIGS / "train.json",
+            tmp_path / "runs" / arm,
+            seeds=[0],
+            split_files=splits,
+            eval_config_file=CONFIGS / "evaluate.json",
+            overrides={**common, "pretrained_ckpt": checkpoint},
             stop_on_error=True,
         )
         (row,) = summary.rows
         assert row["n"] == 2 and row["split_kind"] == "fewshot_n20"
         means[arm] = row
-        print(f"{arm}: foreground Dice {100 * row['mean']:.2f} ± {100 * row['sem']:.2f} "
-              f"(runs {[round(r[2], 4) for r in row['runs']]})")
+        print(
+            f"{arm}: foreground Dice {100 * row['mean']:.2f} ± {100 * row['sem']:.2f} "
+            f"(runs {[round(r[2], 4) for r in row['runs']]})"
+        )
     assert means["pretrained"]["method"] == "UltraDINO" and means["scratch"]["method"] == "scratch"
     assert means["pretrained"]["mean"] > means["scratch"]["mean"] + 0.05
 
@@ -270,12 +328,31 @@ def test_fewshot_pretrained_backbone_beats_random_init(tmp_path):
 def test_multi_gpu_config_trains_with_torchrun_on_cpu(tiny_fass, tmp_path):
     """torchrun with 2 gloo processes: DDP, rank-strided sampler, sharded validation, rank-0 outputs."""
     args_file = tmp_path / "args.json"
-    args_file.write_text(json.dumps({**TINY, "batch_size": 4, "bundle_root": str(tmp_path), "dataset_dir": str(tiny_fass)}))
+    args_file.write_text(
+        json.dumps({**TINY, "batch_size": 4, "bundle_root": str(tmp_path), "dataset_dir": str(tiny_fass)})
+    )
     configs = json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-         "-m", "monai.bundle", "run", "--config_file", configs, "--args_file", str(args_file)],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            configs,
+            "--args_file",
+            str(args_file),
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "runs" / "demo" / "validation.jsonl").read_text().splitlines()]

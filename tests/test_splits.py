@@ -98,7 +98,7 @@ def test_fass_splits_protocol(tmp_path):
     tests = {json.dumps(doc["test"]) for doc in documents.values()}
     assert len(tests) == 1, "every FASS split file shares one test set"
     all_images = {item["image"] for item in items}
-    for name, doc in documents.items():
+    for doc in documents.values():
         _assert_disjoint(doc)
         assert doc["labels"] == {"background": 0, "a": 1}
         assert doc["split"]["counts"]["training"]["images"] == len(doc["training"])

@@ -197,9 +197,7 @@ def _ibot_case():
 
 def test_ibot_masks_weight_per_image():
     masks, _, _ = _ibot_case()
-    torch.testing.assert_close(
-        masks_weight_from_masks(masks), torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 1.0])
-    )
+    torch.testing.assert_close(masks_weight_from_masks(masks), torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 1.0]))
 
 
 def test_ibot_loss_matches_explicit_formula():

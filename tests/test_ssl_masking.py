@@ -109,9 +109,7 @@ def test_collate_view_major_stacking_and_shapes():
 def test_collate_mask_counts_strata_and_weights():
     batch, n_tokens = 4, 196
     generator = RecordingMaskingGenerator((14, 14))
-    out = collate_multicrop_with_masks(
-        _samples(batch), (0.1, 0.5), 0.5, n_tokens, generator, np.random.default_rng(5)
-    )
+    out = collate_multicrop_with_masks(_samples(batch), (0.1, 0.5), 0.5, n_tokens, generator, np.random.default_rng(5))
     masks = out["masks"]
     # int(2B * 0.5) = 4 crops masked, the other 4 empty.
     requested = [target for target, _ in generator.calls]

@@ -31,22 +31,46 @@ def test_one_training_step_runs_and_moves_the_teacher():
     torch.manual_seed(0)
     batch, n_local, k = 4, 2, 32
     backbone = timm.create_model(
-        "vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=16, depth=2, num_heads=2, in_chans=1,
-        reg_tokens=N_REG, no_embed_class=True, init_values=1e-5, num_classes=0, dynamic_img_size=True,
+        "vit_small_patch16_224",
+        pretrained=False,
+        img_size=32,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        in_chans=1,
+        reg_tokens=N_REG,
+        no_embed_class=True,
+        init_values=1e-5,
+        num_classes=0,
+        dynamic_img_size=True,
     )
     student = nn.ModuleDict({"backbone": backbone, "dino_head": DINOHead(16, k, hidden_dim=16, bottleneck_dim=8)})
     teacher = copy.deepcopy(student).requires_grad_(False)
     dino_loss, ibot_loss, koleo = DINOLoss(k), iBOTPatchLoss(k), KoLeoLoss()
     schedules = build_dino_schedules(
-        base_lr=0.004, global_batch_size=batch, epochs=2, epoch_length=3, warmup_epochs=1, min_lr=1e-6,
-        weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.992, final_momentum_teacher=1.0,
-        teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=1,
+        base_lr=0.004,
+        global_batch_size=batch,
+        epochs=2,
+        epoch_length=3,
+        warmup_epochs=1,
+        min_lr=1e-6,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        momentum_teacher=0.992,
+        final_momentum_teacher=1.0,
+        teacher_temp=0.07,
+        warmup_teacher_temp=0.04,
+        warmup_teacher_temp_epochs=1,
+        freeze_last_layer_epochs=1,
     )
     optimizer = torch.optim.AdamW(fuse_params_groups(get_params_groups_with_decay(student)))
 
     samples = [
-        {"global_0": torch.rand(1, 32, 32), "global_1": torch.rand(1, 32, 32),
-         **{f"local_{i}": torch.rand(1, 16, 16) for i in range(n_local)}}
+        {
+            "global_0": torch.rand(1, 32, 32),
+            "global_1": torch.rand(1, 32, 32),
+            **{f"local_{i}": torch.rand(1, 16, 16) for i in range(n_local)},
+        }
         for _ in range(batch)
     ]
     data = MultiCropMaskCollate(n_tokens=4, seed=0)(samples)

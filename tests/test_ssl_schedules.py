@@ -54,9 +54,20 @@ def test_scaled_lr():
 def test_build_dino_schedules_recipe_shape():
     # The recipe (section 2.3) at 10 iterations per "epoch".
     sched = build_dino_schedules(
-        base_lr=0.004, global_batch_size=512, epochs=100, epoch_length=10, warmup_epochs=10, min_lr=1e-6,
-        weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.992, final_momentum_teacher=1.0,
-        teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30, freeze_last_layer_epochs=1,
+        base_lr=0.004,
+        global_batch_size=512,
+        epochs=100,
+        epoch_length=10,
+        warmup_epochs=10,
+        min_lr=1e-6,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        momentum_teacher=0.992,
+        final_momentum_teacher=1.0,
+        teacher_temp=0.07,
+        warmup_teacher_temp=0.04,
+        warmup_teacher_temp_epochs=30,
+        freeze_last_layer_epochs=1,
     )
     peak = 0.004 * math.sqrt(512 / 1024)
     assert sched.total_iters == 1000
@@ -86,8 +97,17 @@ def test_build_dino_schedules_recipe_shape():
 @pytest.fixture(scope="module")
 def student() -> nn.ModuleDict:
     backbone = timm.create_model(
-        "vit_small_patch16_224", pretrained=False, img_size=32, embed_dim=16, depth=12, num_heads=2,
-        in_chans=1, reg_tokens=4, no_embed_class=True, init_values=1e-5, num_classes=0,
+        "vit_small_patch16_224",
+        pretrained=False,
+        img_size=32,
+        embed_dim=16,
+        depth=12,
+        num_heads=2,
+        in_chans=1,
+        reg_tokens=4,
+        no_embed_class=True,
+        init_values=1e-5,
+        num_classes=0,
     )
     return nn.ModuleDict({"backbone": backbone, "dino_head": DINOHead(16, out_dim=8, hidden_dim=8, bottleneck_dim=4)})
 

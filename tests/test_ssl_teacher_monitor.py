@@ -200,8 +200,9 @@ def test_knn_leave_one_group_out_never_uses_the_own_patient():
     # every sample its own group = plain leave-one-out: 0 -> 1, 1 -> 0, 2 -> 1, 3 -> 2
     assert knn_leave_one_group_out(features, labels, torch.arange(4), k=1).tolist() == [1, 0, 1, 1]
     # k beyond the other-patient pool (2 samples) is clamped to it
-    assert torch.equal(knn_leave_one_group_out(features, labels, groups, k=10),
-                       knn_leave_one_group_out(features, labels, groups, k=2))
+    assert torch.equal(
+        knn_leave_one_group_out(features, labels, groups, k=10), knn_leave_one_group_out(features, labels, groups, k=2)
+    )
     with pytest.raises(ValueError, match="two groups"):
         knn_leave_one_group_out(features, labels, torch.zeros(4, dtype=torch.long))
 

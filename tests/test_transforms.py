@@ -308,7 +308,7 @@ def test_brightness_contrast_and_gamma_formulas():
     gamma.set_random_state(4)
     out = gamma(image)
     assert 0.8 <= gamma.gamma <= 1.2
-    assert torch.allclose(out, image ** gamma.gamma, atol=1e-6)
+    assert torch.allclose(out, image**gamma.gamma, atol=1e-6)
     never = RandGamma(prob=0.0)
     assert torch.equal(never(image), image)
 
@@ -341,8 +341,13 @@ def test_affine_moves_image_and_label_together():
 
 def test_affine_repo_translate_is_a_fixed_positive_shift():
     affine = RandUltrasoundAffined(
-        keys=("image", "label"), prob=1.0, scale_range=(1.0, 1.0), rotate=0.0, shear=0.0,
-        translate_mode="repo", mode=("bilinear", "nearest"),
+        keys=("image", "label"),
+        prob=1.0,
+        scale_range=(1.0, 1.0),
+        rotate=0.0,
+        shear=0.0,
+        translate_mode="repo",
+        mode=("bilinear", "nearest"),
     )
     affine.set_random_state(0)
     out = affine(_square_dict())
@@ -366,8 +371,12 @@ def test_segmentation_train_chain_is_joint_and_seeded(tmp_path):
     assert not torch.equal(first["label"], outputs[2]["label"])
     # Without intensity changes the geometry still matches: compare with intensity transforms disabled.
     geometric = segmentation_augmentation(("image", "label"), prob=1.0)
-    geometric.transforms = [t for t in geometric.transforms if "Rand" in type(t).__name__ and (
-        "Affine" in type(t).__name__ or "Flip" in type(t).__name__ or "Grid" in type(t).__name__)]
+    geometric.transforms = [
+        t
+        for t in geometric.transforms
+        if "Rand" in type(t).__name__
+        and ("Affine" in type(t).__name__ or "Flip" in type(t).__name__ or "Grid" in type(t).__name__)
+    ]
     pre = ultrasound_preprocessing(spatial_size=(64, 64), normalization="none")(
         {"image": image_path, "label": label_path}
     )

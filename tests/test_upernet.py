@@ -27,8 +27,9 @@ TRAIN_JSON = Path(__file__).resolve().parents[1] / "bundles" / "segmentation" / 
 
 def tiny_vit(img_size=224, depth=12, registers=4, **kwargs):
     # ViT geometry of UltraDINO (patch 16) at a width that runs in milliseconds
-    return build_vit("vit_tiny", depth=depth, embed_dim=32, num_heads=2, img_size=img_size,
-                     num_register_tokens=registers, **kwargs)
+    return build_vit(
+        "vit_tiny", depth=depth, embed_dim=32, num_heads=2, img_size=img_size, num_register_tokens=registers, **kwargs
+    )
 
 
 # --------------------------------------------------------------------------- shapes and wiring
@@ -40,7 +41,12 @@ def test_pyramid_is_56_28_14_7_at_224_and_logits_have_the_input_size():
     with torch.no_grad():
         pyramid = model.extract_pyramid(image)
         logits = model(image)
-    assert [tuple(level.shape) for level in pyramid] == [(2, 32, 56, 56), (2, 32, 28, 28), (2, 32, 14, 14), (2, 32, 7, 7)]
+    assert [tuple(level.shape) for level in pyramid] == [
+        (2, 32, 56, 56),
+        (2, 32, 28, 28),
+        (2, 32, 14, 14),
+        (2, 32, 7, 7),
+    ]
     assert logits.shape == (2, 5, 224, 224) and logits.dtype == torch.float32
     # non-square inputs keep their aspect: 224 x 160 -> grid 14 x 10
     with torch.no_grad():
@@ -83,7 +89,9 @@ def test_uperhead_structure_and_every_parameter_gets_a_gradient():
     # mmseg UPerHead: PPM with 4 scales, 3 laterals + 3 FPN convs, norm_cfg None -> conv biases, classifier N(0, 0.01)
     assert len(head.psp_modules) == 4 and len(head.lateral_convs) == 3 and len(head.fpn_convs) == 3
     assert head.bottleneck[0].in_channels == 16 + 4 * 8 and head.fpn_bottleneck[0].in_channels == 4 * 8
-    assert all(isinstance(m, torch.nn.Conv2d) and m.bias is not None for m in head.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(
+        isinstance(m, torch.nn.Conv2d) and m.bias is not None for m in head.modules() if isinstance(m, torch.nn.Conv2d)
+    )
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in head.modules())
     levels = [torch.randn(2, 16, s, s, requires_grad=True) for s in (16, 8, 4, 2)]
     out = head(levels)
@@ -95,8 +103,9 @@ def test_uperhead_structure_and_every_parameter_gets_a_gradient():
 
 def test_segmenter_has_no_unused_trainable_parameters():
     # DDP needs every trainable parameter in the graph (the mask token is frozen by build_segmenter)
-    built = seg.build_segmenter(None, 3, img_size=64, scratch_arch="vit_tiny",
-                                scratch_overrides={"depth": 4, "embed_dim": 32, "num_heads": 2})
+    built = seg.build_segmenter(
+        None, 3, img_size=64, scratch_arch="vit_tiny", scratch_overrides={"depth": 4, "embed_dim": 32, "num_heads": 2}
+    )
     model = built.model
     model(torch.randn(2, 1, 64, 64)).sum().backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -143,15 +152,22 @@ def test_register_tokens_kept_or_dropped(tmp_path):
         b = dropped.model.backbone.get_intermediate_layers(image, [3])[0]
     assert not torch.allclose(a, b)
 
-    scratch = seg.build_segmenter(None, 3, img_size=64, scratch_arch="vit_tiny", scratch_overrides={"depth": 4},
-                                  keep_registers="false")
+    scratch = seg.build_segmenter(
+        None, 3, img_size=64, scratch_arch="vit_tiny", scratch_overrides={"depth": 4}, keep_registers="false"
+    )
     assert scratch.model.backbone.num_register_tokens == 0
 
 
 def test_model_spec_round_trip_rebuilds_the_same_function(tmp_path):
     torch.manual_seed(0)
-    built = seg.build_segmenter(None, 4, img_size=64, scratch_arch="vit_tiny",
-                                scratch_overrides={"depth": 4, "embed_dim": 32, "num_heads": 2}, decoder_channels=16)
+    built = seg.build_segmenter(
+        None,
+        4,
+        img_size=64,
+        scratch_arch="vit_tiny",
+        scratch_overrides={"depth": 4, "embed_dim": 32, "num_heads": 2},
+        decoder_channels=16,
+    )
     labels = {"background": 0, "a": 1, "b": 2, "c": 3}
     model_path = tmp_path / "model.pt"
     torch.save(built.model.state_dict(), model_path)
@@ -181,7 +197,9 @@ def test_sigmoid_dice_ce_matches_the_hand_computed_mmseg_formula():
     p = 1 / (1 + np.exp(-np.array([2.0, -1.0, 0.5, 1.5])))  # sigmoid, classes then pixels flattened
     t = np.array([1.0, 0.0, 0.0, 1.0])  # one-hot of (0, 1)
     dice = 2 * (p * t).sum() / ((p * p).sum() + 1e-3 + (t * t).sum() + 1e-3)
-    ce = np.mean([-np.log(np.exp(2.0) / (np.exp(2.0) + np.exp(0.5))), -np.log(np.exp(1.5) / (np.exp(-1.0) + np.exp(1.5)))])
+    ce = np.mean(
+        [-np.log(np.exp(2.0) / (np.exp(2.0) + np.exp(0.5))), -np.log(np.exp(1.5) / (np.exp(-1.0) + np.exp(1.5)))]
+    )
     loss = seg.SigmoidDiceCELoss()(logits, target.unsqueeze(1))
     assert loss.item() == pytest.approx(ce + 1 - dice, rel=1e-6)
     assert seg.segmentation_loss("dice_ce").__class__.__name__ == "DiceCELoss"
@@ -195,7 +213,7 @@ def test_iteration_sampler_streams_permutations_and_splits_ranks():
     stream = list(single)
     assert len(stream) == len(single) == 21
     for chunk in range(3):  # three full passes, each a permutation
-        assert sorted(stream[7 * chunk: 7 * chunk + 7]) == data
+        assert sorted(stream[7 * chunk : 7 * chunk + 7]) == data
     assert list(IterationSampler(data, 21, seed=3, num_replicas=1, rank=0)) == stream  # seeded
     single.set_epoch(1)
     assert list(single) != stream
@@ -232,15 +250,23 @@ def test_best_checkpoint_is_the_highest_validation_dice(tmp_path):
 
     torch.manual_seed(0)
     labels = torch.randint(0, 3, (4, 1, 8, 8))
-    data = [{"image": l.float(), "label": l} for l in labels]
+    data = [{"image": label.float(), "label": label} for label in labels]
     network = Oracle(3)
     evaluator = SupervisedEvaluator(
-        device="cpu", val_data_loader=torch.utils.data.DataLoader(data, batch_size=2), network=network,
+        device="cpu",
+        val_data_loader=torch.utils.data.DataLoader(data, batch_size=2),
+        network=network,
         key_val_metric={"val_fg_dice": PooledDiceMetric(3, output_transform=from_engine(["pred", "label"]))},
-        val_handlers=[CheckpointSaver(
-            save_dir=str(tmp_path), save_dict={"model": network}, save_key_metric=True,
-            key_metric_name="val_fg_dice", key_metric_filename="model.pt", key_metric_negative_sign=False,
-        )],
+        val_handlers=[
+            CheckpointSaver(
+                save_dir=str(tmp_path),
+                save_dict={"model": network},
+                save_key_metric=True,
+                key_metric_name="val_fg_dice",
+                key_metric_filename="model.pt",
+                key_metric_negative_sign=False,
+            )
+        ],
     )
     recorder = seg.ValidationRecorder(tmp_path / "validation.jsonl", "val_fg_dice", {"bg": 0, "a": 1, "b": 2})
     trainer = Engine(lambda engine, batch: None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -37,7 +36,7 @@ def test_output_shapes(in_chans, registers, size, patch):
     # the normed outputs are the final LayerNorm of x_prenorm, split [CLS, registers, patches]
     normed = model.norm(out["x_prenorm"])
     assert torch.equal(normed[:, 0], out["x_norm_clstoken"])
-    assert torch.equal(normed[:, 1 + registers:], out["x_norm_patchtokens"])
+    assert torch.equal(normed[:, 1 + registers :], out["x_norm_patchtokens"])
 
 
 def test_attributes_and_config():
@@ -47,7 +46,11 @@ def test_attributes_and_config():
     config = model.config()
     assert config["arch"] == "custom"  # vit_tiny resized to depth 3 is no longer vit_tiny
     assert {k: config[k] for k in ("embed_dim", "depth", "num_heads", "img_size", "in_chans")} == {
-        "embed_dim": 32, "depth": 3, "num_heads": 2, "img_size": 32, "in_chans": 1,
+        "embed_dim": 32,
+        "depth": 3,
+        "num_heads": 2,
+        "img_size": 32,
+        "in_chans": 1,
     }
     tiny = build_vit("vit_tiny", img_size=32)
     assert tiny.arch == "vit_tiny"
@@ -58,15 +61,33 @@ def test_state_dict_keys_are_timm_layout():
     model = small_vit(depth=1, num_register_tokens=4)
     keys = set(model.state_dict())
     block = {
-        f"blocks.0.{name}" for name in (
-            "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-            "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-            "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma",
+        f"blocks.0.{name}"
+        for name in (
+            "norm1.weight",
+            "norm1.bias",
+            "attn.qkv.weight",
+            "attn.qkv.bias",
+            "attn.proj.weight",
+            "attn.proj.bias",
+            "ls1.gamma",
+            "norm2.weight",
+            "norm2.bias",
+            "mlp.fc1.weight",
+            "mlp.fc1.bias",
+            "mlp.fc2.weight",
+            "mlp.fc2.bias",
+            "ls2.gamma",
         )
     }
     expected = block | {
-        "cls_token", "reg_token", "pos_embed", "mask_token", "patch_embed.proj.weight",
-        "patch_embed.proj.bias", "norm.weight", "norm.bias",
+        "cls_token",
+        "reg_token",
+        "pos_embed",
+        "mask_token",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
     }
     assert keys == expected
     state = model.state_dict()
@@ -196,8 +217,17 @@ def test_matches_timm_vision_transformer_with_same_weights():
     """With offset-0 antialiased interpolation the model is timm's reg4 DINOv2 ViT, also at other sizes."""
     model = small_vit(num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True, img_size=64)
     reference = VisionTransformer(
-        img_size=64, patch_size=16, in_chans=1, num_classes=0, embed_dim=32, depth=3, num_heads=2,
-        init_values=1e-5, reg_tokens=4, no_embed_class=True, dynamic_img_size=True,
+        img_size=64,
+        patch_size=16,
+        in_chans=1,
+        num_classes=0,
+        embed_dim=32,
+        depth=3,
+        num_heads=2,
+        init_values=1e-5,
+        reg_tokens=4,
+        no_embed_class=True,
+        dynamic_img_size=True,
     ).eval()
     state = {k: v for k, v in model.state_dict().items() if k != "mask_token"}
     reference.load_state_dict(state, strict=True)
@@ -235,7 +265,12 @@ def test_trace_and_onnx_export(tmp_path):
 
     path = tmp_path / "vit.onnx"
     torch.onnx.export(
-        model, (x,), str(path), dynamo=False, input_names=["image"], output_names=["cls"],
+        model,
+        (x,),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["cls"],
         dynamic_axes={"image": {0: "batch"}, "cls": {0: "batch"}},
     )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -255,9 +290,7 @@ def test_beit_backbone_interface():
     assert torch.equal(model(x), out["x_norm_clstoken"])
     maps = model.get_intermediate_layers(x, [0, 2])
     assert [m.shape for m in maps] == [(2, 32, 2, 2)] * 2
-    assert torch.allclose(
-        model.get_intermediate_layers(x, 1, reshape=False)[0], out["x_norm_patchtokens"], atol=1e-6
-    )
+    assert torch.allclose(model.get_intermediate_layers(x, 1, reshape=False)[0], out["x_norm_patchtokens"], atol=1e-6)
     masks = torch.tensor([[True, False, False, False], [False] * 4])
     masked = model.forward_features(x, masks)["x_norm_patchtokens"]
     assert not torch.allclose(masked[0], out["x_norm_patchtokens"][0])

@@ -71,7 +71,7 @@ class OverlayStyle:
     right_margin: int = 78  # depth ruler
 
     @staticmethod
-    def sample(rng: np.random.Generator) -> "OverlayStyle":
+    def sample(rng: np.random.Generator) -> OverlayStyle:
         scale = int(rng.choice([1, 2, 2]))
         height = int(rng.integers(28, 41)) if scale == 1 else int(rng.integers(72, 81))
         return OverlayStyle(banner_height=height, text_scale=scale)

@@ -5,9 +5,10 @@ All names, IDs, addresses and institutions are invented; UIDs are derived from t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from pydicom.uid import generate_uid

@@ -12,10 +12,11 @@ import logging
 import sys
 import time
 
+from ultradino_monai.utils.logs import setup_logging
+
 from .config import BannerPolicy, ConfigError, IngestConfig
 from .keys import SecretKeyError, load_secret_key
 from .pipeline import IngestError, run_ingest
-from ultradino_monai.utils.logs import setup_logging
 
 
 def _positive_int(text: str) -> int:
@@ -52,28 +53,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", metavar="INPUT", help="folder tree of exported files (never modified)")
     parser.add_argument("output", metavar="OUTPUT", help="output folder (created; resumable)")
-    parser.add_argument("--secret-file", required=True, metavar="KEYFILE", help="file holding the secret HMAC key (>= 16 bytes)")
-    parser.add_argument("--workers", type=_non_negative_int, default=1, help="worker processes (default 1; 0 = in-process)")
+    parser.add_argument(
+        "--secret-file", required=True, metavar="KEYFILE", help="file holding the secret HMAC key (>= 16 bytes)"
+    )
+    parser.add_argument(
+        "--workers", type=_non_negative_int, default=1, help="worker processes (default 1; 0 = in-process)"
+    )
     parser.add_argument("--frame-stride", type=_positive_int, default=1, metavar="K", help="keep every K-th cine frame")
     parser.add_argument("--keep-dicom", action="store_true", help="also write de-identified DICOM under OUTPUT/dicom")
-    parser.add_argument("--ocr-check", action="store_true", help="OCR every written frame and quarantine frames with PHI-like text")
+    parser.add_argument(
+        "--ocr-check", action="store_true", help="OCR every written frame and quarantine frames with PHI-like text"
+    )
     parser.add_argument(
         "--banner-policy",
         type=_banner_policy,
         default=BannerPolicy(),
         help="without a usable US region: 'quarantine' (default) or 'mask-top-N' (black out the top N rows)",
     )
-    parser.add_argument("--max-pixels", type=_positive_int, default=IngestConfig.max_pixels, help="reject frames with more Rows*Columns")
-    parser.add_argument("--max-frames", type=_positive_int, default=IngestConfig.max_frames, help="reject files declaring more frames")
+    parser.add_argument(
+        "--max-pixels", type=_positive_int, default=IngestConfig.max_pixels, help="reject frames with more Rows*Columns"
+    )
+    parser.add_argument(
+        "--max-frames", type=_positive_int, default=IngestConfig.max_frames, help="reject files declaring more frames"
+    )
     parser.add_argument(
         "--dedup-threshold",
         type=float,
         default=IngestConfig.dedup_threshold,
         help="mean abs. thumbnail difference (0-255) at or below which a frame is a near duplicate; < 0 disables",
     )
-    parser.add_argument("--doppler-fraction", type=float, default=IngestConfig.doppler_fraction, help="coloured-pixel fraction that flags Doppler")
-    parser.add_argument("--date-policy", choices=("shift", "drop"), default="shift", help="shift dates per patient (default) or drop them")
-    parser.add_argument("--png-compress-level", type=int, default=IngestConfig.png_compress_level, help="PNG zlib level 0-9")
+    parser.add_argument(
+        "--doppler-fraction",
+        type=float,
+        default=IngestConfig.doppler_fraction,
+        help="coloured-pixel fraction that flags Doppler",
+    )
+    parser.add_argument(
+        "--date-policy",
+        choices=("shift", "drop"),
+        default="shift",
+        help="shift dates per patient (default) or drop them",
+    )
+    parser.add_argument(
+        "--png-compress-level", type=int, default=IngestConfig.png_compress_level, help="PNG zlib level 0-9"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log per-input reason codes (positions only)")
     return parser
@@ -105,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     files, frames = report["files"], report["frames"]
     print(
         f"ingest: {files['found']} inputs -> {files['converted']} converted, {files['quarantined']} quarantined, "
-        f"{files['skipped']} skipped; {frames['written']} frames written in {time.perf_counter() - start:.1f} s -> {args.output}"
+        f"{files['skipped']} skipped; {frames['written']} frames written in {time.perf_counter() - start:.1f} s "
+        f"-> {args.output}"
     )
     return 0
 

@@ -11,8 +11,8 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from pydicom import uid as _uid
 
@@ -38,7 +38,7 @@ class BannerPolicy:
     rows: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> "BannerPolicy":
+    def parse(cls, text: str) -> BannerPolicy:
         text = text.strip().lower()
         if text == "quarantine":
             return cls()

@@ -188,7 +188,9 @@ class HeaderDeidentifier:
         key = self.patient_key(dataset)
         offset = None
         if self.config.date_policy == "shift":
-            offset = self.pseudo.date_offset_days(key, self.config.date_shift_min_days, self.config.date_shift_span_days)
+            offset = self.pseudo.date_offset_days(
+                key, self.config.date_shift_min_days, self.config.date_shift_span_days
+            )
         device_parts = [
             normalise_identifier(_text(dataset.get(name)))
             for name in ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "StationName")

@@ -52,7 +52,9 @@ def to_output_mode(frame: np.ndarray, doppler: bool) -> np.ndarray:
 def thumbnail(frame: np.ndarray) -> np.ndarray:
     """64x64 float32 grey box-filtered thumbnail used to compare frames."""
     grey = frame if frame.ndim == 2 else frame.mean(axis=2).astype(np.uint8)
-    image = Image.fromarray(np.ascontiguousarray(grey), mode="L").resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BOX)
+    image = Image.fromarray(np.ascontiguousarray(grey), mode="L").resize(
+        (THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BOX
+    )
     return np.asarray(image, dtype=np.float32)
 
 

@@ -41,7 +41,9 @@ def load_secret_key(path: str | os.PathLike) -> bytes:
     except OSError as error:
         raise SecretKeyError(f"cannot read secret key file {path}: {error.strerror}") from None
     if not key:
-        raise SecretKeyError(f"secret key file is empty: {path}; create one with e.g. `head -c 32 /dev/urandom | base64 > KEYFILE`")
+        raise SecretKeyError(
+            f"secret key file is empty: {path}; create one with e.g. `head -c 32 /dev/urandom | base64 > KEYFILE`"
+        )
     if len(key) < MIN_KEY_BYTES:
         raise SecretKeyError(
             f"secret key in {path} is {len(key)} bytes; use at least {MIN_KEY_BYTES} random bytes "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -159,7 +159,9 @@ class OcrEngine:
             # The package logs recognised text at INFO; that text may be PHI.
             logging.getLogger("RapidOCR").setLevel(logging.ERROR)
             logging.getLogger("rapidocr_onnxruntime").setLevel(logging.ERROR)
-            self._engine = RapidOCR(intra_op_num_threads=self.threads, inter_op_num_threads=self.threads, print_verbose=False)
+            self._engine = RapidOCR(
+                intra_op_num_threads=self.threads, inter_op_num_threads=self.threads, print_verbose=False
+            )
         return self._engine
 
     def read(self, frame: np.ndarray) -> list[str]:

@@ -33,8 +33,9 @@ import os
 import signal
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ultradino_monai.data.datalist import write_datalist
 from ultradino_monai.utils.files import write_bytes_atomic, write_json_atomic
@@ -263,7 +264,7 @@ def _sweep_outputs(output_dir: Path, referenced: set[str]) -> None:
         root = output_dir / folder
         if not root.exists():
             continue
-        for current, dirnames, filenames in os.walk(root, topdown=False):
+        for current, _dirnames, filenames in os.walk(root, topdown=False):
             for name in filenames:
                 full = Path(current) / name
                 if full.relative_to(output_dir).as_posix() not in referenced:
@@ -287,7 +288,9 @@ def _write_outputs(output_dir: Path, entries: list[dict[str, Any]], config: Inge
             quarantine_rows.append({"position": position, "frame": "", "outcome": outcome, "reason": reason})
         for issue in record.get("frame_issues", []) if outcome in ("converted", "quarantined") else []:
             frame_reasons[issue["reason"]] += 1
-            quarantine_rows.append({"position": position, "frame": issue["frame"], "outcome": "quarantined", "reason": issue["reason"]})
+            quarantine_rows.append(
+                {"position": position, "frame": issue["frame"], "outcome": "quarantined", "reason": issue["reason"]}
+            )
         if outcome != "converted":
             continue
         strided += record["counts"]["strided_out"]
@@ -396,7 +399,12 @@ def run_ingest(
 
         todo = pending(range(len(items)))
         with tqdm(
-            total=len(items), initial=len(items) - len(todo), file=sys.stderr, unit="file", disable=not progress, desc="ingest"
+            total=len(items),
+            initial=len(items) - len(todo),
+            file=sys.stderr,
+            unit="file",
+            disable=not progress,
+            desc="ingest",
         ) as bar:
             _execute(context, todo, workers, bar)
             # A converted record whose files vanished (deleted by hand) is redone once.

@@ -19,9 +19,10 @@ import logging
 import os
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
@@ -29,8 +30,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
-
-from ultradino_monai.utils.files import write_bytes_atomic
 
 from ultradino_monai.data.dicom import (
     CropDecision,
@@ -41,6 +40,7 @@ from ultradino_monai.data.dicom import (
     decide_crop,
     parse_regions,
 )
+from ultradino_monai.utils.files import write_bytes_atomic
 
 from . import annex_e
 from .atomic import TEMP_PREFIX, encode_png
@@ -67,7 +67,9 @@ __all__ = ["WorkContext", "process_item", "record_path", "RECORD_FORMAT", "STATE
 RECORD_FORMAT = 1
 STATE_DIR = ".ingest_state"
 # Fixed, key-independent identity of this writer in the file meta.
-IMPLEMENTATION_CLASS_UID = "2.25." + str(int.from_bytes(hashlib.sha256(b"ultradino-monai data_prep.ingest").digest()[:16], "big"))
+IMPLEMENTATION_CLASS_UID = "2.25." + str(
+    int.from_bytes(hashlib.sha256(b"ultradino-monai data_prep.ingest").digest()[:16], "big")
+)
 IMPLEMENTATION_VERSION_NAME = "ULTRADINO_ING1"
 
 
@@ -436,4 +438,3 @@ def process_item(context: WorkContext, item: InputItem, position: int) -> dict[s
     document = json.dumps(record, sort_keys=True, indent=1) + "\n"
     write_bytes_atomic(target, document.encode(), prefix=TEMP_PREFIX)
     return record
-

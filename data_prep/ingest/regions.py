@@ -64,4 +64,3 @@ def clean_regions(dataset: Dataset, decision: CropDecision) -> DicomSequence | N
         clean.RegionLocationMaxY1 = box.y1 - crop.y0
         kept.append(clean)
     return DicomSequence(kept) if kept else None
-

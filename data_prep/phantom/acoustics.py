@@ -7,8 +7,8 @@ Follows the convolution speckle model and the per-ray attenuation described in d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -57,7 +57,7 @@ class ImagingParams:
     edge_loss_db: float
 
     @staticmethod
-    def sample(rng: np.random.Generator) -> "ImagingParams":
+    def sample(rng: np.random.Generator) -> ImagingParams:
         return ImagingParams(
             target_mean=float(rng.uniform(22, 42)),
             target_std=float(rng.uniform(46, 58)),
@@ -91,7 +91,7 @@ class PolarGrid:
     pad: int = 0
 
     @staticmethod
-    def for_layout(layout: FanLayout, pad: int = 0) -> "PolarGrid":
+    def for_layout(layout: FanLayout, pad: int = 0) -> PolarGrid:
         probe = layout.probe
         # about 1.15 radial samples per display pixel: the display, not the physics, limits
         # how much axial detail survives, so finer sampling would only cost time.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _ig21_mean_sd(ga: float) -> dict[str, tuple[float, float]]:

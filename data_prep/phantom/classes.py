@@ -6,7 +6,6 @@ JNU-IFM (Lu et al., Data in Brief 2022).
 
 from __future__ import annotations
 
-
 #: Fetal Planes DB classes (Burgos-Artizzu et al., Sci Rep 2020) in UltraDINO's label order (index = class id).
 PLANE_CLASSES = ["Other", "Maternal cervix", "Fetal abdomen", "Fetal brain", "Fetal femur", "Fetal thorax"]
 #: Intrapartum transperineal view, the JNU-IFM segmentation plane (not a Fetal Planes class).

@@ -26,7 +26,7 @@ class ScanConverter:
     weights: np.ndarray  # float32 (4, n_fan)
 
     @staticmethod
-    def build(layout: FanLayout, grid: PolarGrid) -> "ScanConverter":
+    def build(layout: FanLayout, grid: PolarGrid) -> ScanConverter:
         r, theta = layout.polar_of_pixels()
         probe = layout.probe
         fan = (np.abs(theta) <= probe.half_fov) & (r >= probe.radius_mm) & (r <= probe.radius_mm + probe.depth_mm)

@@ -45,7 +45,7 @@ class ProbeGeometry:
         return half_width, self.radius_mm * (math.cos(h) - 1.0), self.depth_mm
 
     @staticmethod
-    def sample_convex(rng: np.random.Generator, depth_mm: float | None = None) -> "ProbeGeometry":
+    def sample_convex(rng: np.random.Generator, depth_mm: float | None = None) -> ProbeGeometry:
         """Abdominal convex probe: R 40-65 mm, FOV 55-80 deg, depth 10-20 cm, 128-256 lines."""
         return ProbeGeometry(
             radius_mm=float(rng.uniform(40, 65)),
@@ -56,7 +56,7 @@ class ProbeGeometry:
         )
 
     @staticmethod
-    def sample_endocavity(rng: np.random.Generator) -> "ProbeGeometry":
+    def sample_endocavity(rng: np.random.Generator) -> ProbeGeometry:
         """Transvaginal probe for the cervix: R ~10 mm and a wide sector.
 
         Such probes reach 120-180 deg; the sector is kept below 150 deg so
@@ -91,7 +91,7 @@ class FanLayout:
         shape: tuple[int, int],
         box: tuple[int, int, int, int] | None = None,
         margin_px: int = 2,
-    ) -> "FanLayout":
+    ) -> FanLayout:
         """Fit the whole fan inside ``box`` = (top, left, height, width) px, top-aligned and centred."""
         height, width = int(shape[0]), int(shape[1])
         top, left, box_h, box_w = box if box is not None else (0, 0, height, width)

@@ -130,7 +130,7 @@ class Scene:
             texture[rows, cols][inside] = t.texture_db
         return SceneSample(echo, atten, spec, texture, None)
 
-    def label_map(self, layout: "FanLayout", theta_shift: float = 0.0) -> np.ndarray:
+    def label_map(self, layout: FanLayout, theta_shift: float = 0.0) -> np.ndarray:
         """uint8 (H, W) labels at the display pixels of ``layout`` (no fan mask applied).
 
         A probe rocked by ``theta_shift`` rad sees the scene rotated about the apex. Only layers

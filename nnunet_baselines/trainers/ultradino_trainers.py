@@ -32,8 +32,14 @@ class nnUNetTrainer_UltraDINOShort(nnUNetTrainer):
     SHORT_VAL_ITERATIONS_PER_EPOCH = 1
     SHORT_MAX_BATCH_SIZE = 2
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnUNetTrainer's own signature)
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.SHORT_NUM_EPOCHS
         self.num_iterations_per_epoch = self.SHORT_ITERATIONS_PER_EPOCH

@@ -18,7 +18,7 @@ never on worker scheduling, so
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -139,8 +139,9 @@ class IterationSampler(DistributedSampler):
         num_replicas, rank: default from ``torch.distributed`` (1 / 0 without it).
     """
 
-    def __init__(self, dataset, samples_per_replica: int, seed: int = 0, num_replicas: int | None = None,
-                 rank: int | None = None) -> None:
+    def __init__(
+        self, dataset, samples_per_replica: int, seed: int = 0, num_replicas: int | None = None, rank: int | None = None
+    ) -> None:
         world, this_rank = get_world_size(), get_rank()
         num_replicas = world if num_replicas is None else int(num_replicas)
         rank = this_rank if rank is None else int(rank)

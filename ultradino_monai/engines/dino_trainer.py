@@ -18,8 +18,8 @@ MONAI's iteration events fire in order, so ignite/MONAI handlers attach as usual
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -142,10 +142,10 @@ class DinoTrainer(Trainer):
         self.add_event_handler(Events.EPOCH_STARTED, self._sync_sample_stream)
 
     # ------------------------------------------------------------ resumability
-    def _mark_stream_unsynced(self, engine: "DinoTrainer") -> None:
+    def _mark_stream_unsynced(self, engine: DinoTrainer) -> None:
         self._stream_synced = False
 
-    def _sync_sample_stream(self, engine: "DinoTrainer") -> None:
+    def _sync_sample_stream(self, engine: DinoTrainer) -> None:
         """Continue a seeded sample stream where the (possibly restored) iteration left off.
 
         Runs at the first ``EPOCH_STARTED`` of a run: after every ``STARTED`` handler (such
@@ -194,7 +194,7 @@ class DinoTrainer(Trainer):
                 )
 
     # --------------------------------------------------------------- iteration
-    def _iteration(self, engine: "DinoTrainer", batchdata: dict[str, Any]) -> dict[str, float]:
+    def _iteration(self, engine: DinoTrainer, batchdata: dict[str, Any]) -> dict[str, float]:
         step = engine.state.iteration - 1
         if engine.seed is not None:
             torch.manual_seed(mix_seed(engine.seed, engine.state.rank, step))

@@ -8,10 +8,10 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor
@@ -126,8 +126,9 @@ class ResumeFromLatest:
     (a missing checkpoint is a clear error only when resuming was asked for).
     """
 
-    def __init__(self, ckpt_dir: str | os.PathLike, load_dict: dict, enabled: bool = True,
-                 map_location: Any = None) -> None:
+    def __init__(
+        self, ckpt_dir: str | os.PathLike, load_dict: dict, enabled: bool = True, map_location: Any = None
+    ) -> None:
         self.ckpt_dir = ckpt_dir
         self.load_dict = load_dict
         self.enabled = enabled
@@ -174,14 +175,24 @@ def extract_features(
         group_names += list(names) if names is not None else [None] * images.shape[0]
     backbone.train(was_training)
     ids: dict[Any, int] = {}
-    groups = [ids.setdefault(name, len(ids)) if name is not None else -1 - index
-              for index, name in enumerate(group_names)]
-    return {"cls": torch.cat(cls), "avgpool": torch.cat(pooled), "labels": torch.cat(labels),
-            "groups": torch.tensor(groups, dtype=torch.long)}
+    groups = [
+        ids.setdefault(name, len(ids)) if name is not None else -1 - index for index, name in enumerate(group_names)
+    ]
+    return {
+        "cls": torch.cat(cls),
+        "avgpool": torch.cat(pooled),
+        "labels": torch.cat(labels),
+        "groups": torch.tensor(groups, dtype=torch.long),
+    }
 
 
-def knn_scores(bank: dict[str, torch.Tensor], queries: dict[str, torch.Tensor] | None, num_classes: int,
-               k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+def knn_scores(
+    bank: dict[str, torch.Tensor],
+    queries: dict[str, torch.Tensor] | None,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> dict[str, float]:
     """kNN top-1 accuracy (%) of the CLS and the average-pooled patch features.
 
     Without ``queries`` every bank sample is a query, classified leave-one-group-out (by patient).
@@ -189,13 +200,18 @@ def knn_scores(bank: dict[str, torch.Tensor], queries: dict[str, torch.Tensor] |
     scores = {}
     for kind in ("cls", "avgpool"):
         if queries is None:
-            predictions = knn_leave_one_group_out(bank[kind], bank["labels"], bank["groups"], k=k,
-                                                  temperature=temperature, num_classes=num_classes)
+            predictions = knn_leave_one_group_out(
+                bank[kind], bank["labels"], bank["groups"], k=k, temperature=temperature, num_classes=num_classes
+            )
             targets = bank["labels"]
         else:
             predictions = knn_classify(
-                bank[kind], bank["labels"], queries[kind], k=min(k, len(bank["labels"])),
-                temperature=temperature, num_classes=num_classes,
+                bank[kind],
+                bank["labels"],
+                queries[kind],
+                k=min(k, len(bank["labels"])),
+                temperature=temperature,
+                num_classes=num_classes,
             )
             targets = queries["labels"]
         scores[kind] = 100.0 * float((predictions == targets).float().mean())
@@ -277,7 +293,8 @@ class SSLMonitor:
         self.reference_scores = self.evaluate(self.reference)
         logger.info(
             "random-init reference: kNN CLS %.1f%%, kNN avgpool %.1f%%",
-            self.reference_scores["knn_cls"], self.reference_scores["knn_avgpool"],
+            self.reference_scores["knn_cls"],
+            self.reference_scores["knn_avgpool"],
         )
         if self.jsonl is not None:
             self.jsonl.write({"kind": "reference", "iteration": engine.state.iteration, **self.reference_scores})
@@ -291,7 +308,10 @@ class SSLMonitor:
         self.history.append(record)
         logger.info(
             "iteration %d: teacher kNN CLS %.1f%%, avgpool %.1f%%, RankMe %.1f, feature std %.4f",
-            engine.state.iteration, scores["knn_cls"], scores["knn_avgpool"], scores["rankme_cls"],
+            engine.state.iteration,
+            scores["knn_cls"],
+            scores["knn_avgpool"],
+            scores["rankme_cls"],
             scores["feature_std"],
         )
         if self.jsonl is not None:
@@ -310,6 +330,9 @@ class SSLMonitor:
             logger.info(
                 "kNN plane accuracy: pretrained teacher CLS %.1f%% vs random init %.1f%% "
                 "(best of CLS %.1f%% / avgpool %.1f%%): %+.1f points",
-                final["knn_cls"], best_reference, self.reference_scores["knn_cls"],
-                self.reference_scores["knn_avgpool"], final["knn_cls"] - best_reference,
+                final["knn_cls"],
+                best_reference,
+                self.reference_scores["knn_cls"],
+                self.reference_scores["knn_avgpool"],
+                final["knn_cls"] - best_reference,
             )

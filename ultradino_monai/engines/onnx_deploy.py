@@ -38,8 +38,14 @@ from ultradino_monai.utils.files import atomic_write, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FrameStream", "cpu_session", "prediction_agreement", "preprocessed_frames", "quantize_and_check",
-           "quantize_int8"]
+__all__ = [
+    "FrameStream",
+    "cpu_session",
+    "prediction_agreement",
+    "preprocessed_frames",
+    "quantize_and_check",
+    "quantize_int8",
+]
 
 _WHERE_MODELS_COME_FROM = (
     "model.onnx comes from `python -m monai.bundle onnx_export`, model_int8.onnx from "
@@ -80,8 +86,10 @@ def _quiet_quantizer(record: logging.LogRecord) -> bool:
     # optimisation). Measured on the exported ViT-S/16: same latency (82.4 vs 82.9 ms, 1 thread)
     # and identical outputs with and without it, so it is skipped and the advice silenced
     message = record.getMessage()
-    return not (message.startswith("Quantization parameters for tensor")
-                or message.startswith("Please consider to run pre-processing before quantization"))
+    return not (
+        message.startswith("Quantization parameters for tensor")
+        or message.startswith("Please consider to run pre-processing before quantization")
+    )
 
 
 def _quantize_into(source: Path, target: Path) -> None:
@@ -104,8 +112,12 @@ def quantize_int8(source: str | os.PathLike, destination: str | os.PathLike) -> 
     """
     source, destination = _source_and_destination(source, destination)
     atomic_write(destination, lambda temporary: _quantize_into(source, temporary))
-    logger.info("int8 model written to %s (%.1f MB, fp32 %.1f MB)", destination,
-                destination.stat().st_size / 1e6, source.stat().st_size / 1e6)
+    logger.info(
+        "int8 model written to %s (%.1f MB, fp32 %.1f MB)",
+        destination,
+        destination.stat().st_size / 1e6,
+        source.stat().st_size / 1e6,
+    )
     return destination
 
 
@@ -192,8 +204,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def prediction_agreement(reference_path: str | os.PathLike, candidate_path: str | os.PathLike,
-                         frames: Iterable[np.ndarray]) -> dict[str, float]:
+def prediction_agreement(
+    reference_path: str | os.PathLike, candidate_path: str | os.PathLike, frames: Iterable[np.ndarray]
+) -> dict[str, float]:
     """Compare two ONNX classifiers on the same frames (each ``[1, C, H, W]`` float32).
 
     Returns ``frames``, ``top1_agreement`` (fraction of frames with the same arg-max class)
@@ -210,8 +223,11 @@ def prediction_agreement(reference_path: str | os.PathLike, candidate_path: str 
         changes.append(np.abs(p_r - p_c).max())
     if not agree:
         raise ValueError("prediction_agreement needs at least one frame")
-    return {"frames": len(agree), "top1_agreement": float(np.mean(agree)),
-            "max_abs_probability_change": float(np.max(changes))}
+    return {
+        "frames": len(agree),
+        "top1_agreement": float(np.mean(agree)),
+        "max_abs_probability_change": float(np.max(changes)),
+    }
 
 
 def preprocessed_frames(items: Iterable[dict], transform, limit: int | None = None) -> Iterator[np.ndarray]:
@@ -222,8 +238,12 @@ def preprocessed_frames(items: Iterable[dict], transform, limit: int | None = No
         yield np.asarray(transform(item)["image"], dtype=np.float32)[None]
 
 
-def quantize_and_check(source: str | os.PathLike, destination: str | os.PathLike, frames: Iterable[np.ndarray],
-                       report_path: str | os.PathLike) -> dict[str, Any]:
+def quantize_and_check(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    report_path: str | os.PathLike,
+) -> dict[str, Any]:
     """:func:`quantize_int8` ``source`` to ``destination``, compare both on ``frames``, write a JSON report.
 
     The int8 model is compared while it is still a temporary file and only then renamed to
@@ -234,7 +254,8 @@ def quantize_and_check(source: str | os.PathLike, destination: str | os.PathLike
     report_path = Path(report_path)
     report_path.unlink(missing_ok=True)
     report: dict[str, Any] = {
-        "fp32_model": str(source), "int8_model": str(destination),
+        "fp32_model": str(source),
+        "int8_model": str(destination),
         "quantization": "onnxruntime dynamic: int8 weights per output channel, uint8 activations per call",
     }
 
@@ -244,7 +265,12 @@ def quantize_and_check(source: str | os.PathLike, destination: str | os.PathLike
 
     atomic_write(destination, quantize_then_compare)
     write_json_atomic(report_path, report)
-    logger.info("int8 vs fp32 on %d frames: top-1 agreement %.1f %%, largest probability change %.4f; model %s, "
-                "report %s", report["frames"], 100 * report["top1_agreement"], report["max_abs_probability_change"],
-                destination, report_path)
+    logger.info(
+        "int8 vs fp32 on %d frames: top-1 agreement %.1f %%, largest probability change %.4f; model %s, report %s",
+        report["frames"],
+        100 * report["top1_agreement"],
+        report["max_abs_probability_change"],
+        destination,
+        report_path,
+    )
     return report

@@ -8,8 +8,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ __all__ = [
     "make_teacher",
     "pretrain_dataloader",
 ]
+
 
 def make_teacher(student: DinoModel) -> DinoModel:
     """The teacher starts as an exact copy of the student, frozen and in eval mode (docs/recipe.md §2.2)."""
@@ -149,8 +151,13 @@ def num_classes_of(datalist: str | os.PathLike) -> int:
     return len(classes)
 
 
-def export_teacher_backbone(teacher: DinoModel, path: str | os.PathLike, mean: Sequence[float],
-                            std: Sequence[float], extra_info: dict | None = None) -> str:
+def export_teacher_backbone(
+    teacher: DinoModel,
+    path: str | os.PathLike,
+    mean: Sequence[float],
+    std: Sequence[float],
+    extra_info: dict | None = None,
+) -> str:
     """Write the teacher backbone per docs/design.md contract 4 (``backbone.pt`` + ``backbone.json``), rank 0 only."""
     if is_main_process():
         save_backbone(teacher.backbone, path, extra_info=extra_info, mean=list(mean), std=list(std))
@@ -200,7 +207,9 @@ def report_outputs(output_dir: str | os.PathLike, export_path: str | os.PathLike
     if is_main_process():
         logger.info(
             "outputs: checkpoints, TensorBoard logs and metrics.jsonl in %s; teacher backbone in %s (+ %s)",
-            output_dir, export_path, Path(export_path).with_suffix(".json"),
+            output_dir,
+            export_path,
+            Path(export_path).with_suffix(".json"),
         )
 
 

@@ -290,7 +290,9 @@ def _metric_value(record: Mapping[str, Any], metric: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ResultError(f"{record['split_file']} (seed {record['seed']}): metric {metric!r} is not a number: {value!r}")
+        raise ResultError(
+            f"{record['split_file']} (seed {record['seed']}): metric {metric!r} is not a number: {value!r}"
+        )
     return float(value)
 
 
@@ -333,16 +335,18 @@ def aggregate(
                 raise ResultError(f"group ({label}) has two records for split {split_file} seed {seed}")
             seen.add((split_file, seed))
         mean, std, sem = mean_sem([value for _, _, value in runs])
-        rows.append({
-            **dict(zip(group_by, key)),
-            "metric": metric,
-            "n": len(runs),
-            "mean": mean,
-            "std": std,
-            "sem": sem,
-            "budget": budgets[0],
-            "runs": [list(run) for run in runs],
-        })
+        rows.append(
+            {
+                **dict(zip(group_by, key)),
+                "metric": metric,
+                "n": len(runs),
+                "mean": mean,
+                "std": std,
+                "sem": sem,
+                "budget": budgets[0],
+                "runs": [list(run) for run in runs],
+            }
+        )
     return rows
 
 
@@ -381,8 +385,13 @@ def table1_rows(
             row_keys.append(key)
     unplaced = [record for record in records if not any(column.matches(record) for column in columns)]
     if unplaced:
-        logger.info("%d records fit no Table 1 column (e.g. %s / %s / %s)", len(unplaced),
-                    unplaced[0]["task"], unplaced[0]["dataset"], unplaced[0]["split_kind"])
+        logger.info(
+            "%d records fit no Table 1 column (e.g. %s / %s / %s)",
+            len(unplaced),
+            unplaced[0]["task"],
+            unplaced[0]["dataset"],
+            unplaced[0]["split_kind"],
+        )
     cells: dict[tuple[tuple[str, str, str], str], str] = {}
     for column in columns:
         matching = [record for record in records if column.matches(record)]

@@ -35,10 +35,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -166,7 +166,7 @@ class FrozenFeatureExtractor(nn.Module):
             parameter.requires_grad_(False)
         self.backbone.eval()
 
-    def train(self, mode: bool = True) -> "FrozenFeatureExtractor":
+    def train(self, mode: bool = True) -> FrozenFeatureExtractor:
         super().train(mode)
         self.backbone.eval()  # frozen: never in training mode
         return self
@@ -191,7 +191,9 @@ class LinearHead(nn.Module):
     Output ``[B, num_classes]`` logits. Weight N(0, 0.01), bias 0 (docs/recipe.md §2.6).
     """
 
-    def __init__(self, feature_dim: int, max_blocks: int, n_last_blocks: int, use_avgpool: bool, num_classes: int) -> None:
+    def __init__(
+        self, feature_dim: int, max_blocks: int, n_last_blocks: int, use_avgpool: bool, num_classes: int
+    ) -> None:
         super().__init__()
         if not 1 <= n_last_blocks <= max_blocks:
             raise ValueError(f"n_last_blocks={n_last_blocks} must be in [1, {max_blocks}]")
@@ -229,7 +231,9 @@ class LinearHeadGrid(nn.Module):
         max_blocks: K, the row index of the avgpool features (default: the largest n of ``specs``).
     """
 
-    def __init__(self, specs: Sequence[HeadSpec], feature_dim: int, num_classes: int, max_blocks: int | None = None) -> None:
+    def __init__(
+        self, specs: Sequence[HeadSpec], feature_dim: int, num_classes: int, max_blocks: int | None = None
+    ) -> None:
         super().__init__()
         if not specs:
             raise ValueError("the head grid is empty")
@@ -258,7 +262,7 @@ class LinearHeadGrid(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         parts = []
-        for (n_last_blocks, use_avgpool), names in self._groups:
+        for _, names in self._groups:
             first = self.heads[names[0]]
             inputs = first.linear_input(features)  # [B, in]
             weight = torch.stack([self.heads[name].linear.weight for name in names])  # [h, C, in]
@@ -269,7 +273,10 @@ class LinearHeadGrid(nn.Module):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """One optimiser group per head with that head's learning rate."""
-        return [{"params": list(self.heads[spec.name].parameters()), "lr": spec.lr, "name": spec.name} for spec in self.specs]
+        return [
+            {"params": list(self.heads[spec.name].parameters()), "lr": spec.lr, "name": spec.name}
+            for spec in self.specs
+        ]
 
 
 class LinearProbeModel(nn.Module):
@@ -297,7 +304,8 @@ class LinearProbeModel(nn.Module):
             inputs = self.extractor(inputs)
         elif inputs.ndim != 3 or inputs.shape[1] != self.grid.max_blocks + 1:
             raise ValueError(
-                f"expected images [B, C, H, W] or features [B, {self.grid.max_blocks + 1}, D], got {tuple(inputs.shape)}"
+                f"expected images [B, C, H, W] or features [B, {self.grid.max_blocks + 1}, D], "
+                f"got {tuple(inputs.shape)}"
             )
         return self.grid(inputs)
 
@@ -387,7 +395,11 @@ def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     world = get_world_size()
-    device = tensor.device if torch.distributed.get_backend() != "nccl" else torch.device("cuda", torch.cuda.current_device())
+    device = (
+        tensor.device
+        if torch.distributed.get_backend() != "nccl"
+        else torch.device("cuda", torch.cuda.current_device())
+    )
     local = tensor.to(device)
     count = torch.tensor([local.shape[0]], device=device)
     counts = [torch.zeros_like(count) for _ in range(world)]

@@ -157,8 +157,10 @@ def plan_runs(
     dropped = sorted(key for key, value in dict(overrides or {}).items() if value is None)
     if dropped:
         # monai.bundle ignores None overrides, so the config default would silently run instead
-        raise RepeatError(f"override(s) {dropped} are None, which monai.bundle ignores; pass the string "
-                          "'none' (e.g. pretrained_ckpt=none for random init)")
+        raise RepeatError(
+            f"override(s) {dropped} are None, which monai.bundle ignores; pass the string "
+            "'none' (e.g. pretrained_ckpt=none for random init)"
+        )
     unknown = sorted(set(keys) - set(DEFAULT_KEYS))
     if unknown:
         raise RepeatError(f"unknown key role(s) {unknown}; roles are {sorted(DEFAULT_KEYS)}")
@@ -205,12 +207,21 @@ def _stage_configs(config_files: Sequence[str], eval_config_files: Sequence[str]
     return stages
 
 
-def _run_subprocess(stage: str, configs: list[str], run: RepeatRun, meta_file: str | None,
-                    logging_file: str | None) -> None:
+def _run_subprocess(
+    stage: str, configs: list[str], run: RepeatRun, meta_file: str | None, logging_file: str | None
+) -> None:
     args_file = run.run_dir / f"{stage}_args.json"
     write_json_atomic(args_file, run.overrides)
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
-               "--args_file", str(args_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        json.dumps(configs),
+        "--args_file",
+        str(args_file),
+    ]
     if meta_file:
         command += ["--meta_file", str(meta_file)]
     if logging_file:
@@ -228,8 +239,9 @@ def _run_subprocess(stage: str, configs: list[str], run: RepeatRun, meta_file: s
     logger.info("%s: %s finished in %.0f s (log %s)", run.run_id, stage, time.perf_counter() - started, log_path)
 
 
-def _run_in_process(stage: str, configs: list[str], run: RepeatRun, meta_file: str | None,
-                    logging_file: str | None) -> None:
+def _run_in_process(
+    stage: str, configs: list[str], run: RepeatRun, meta_file: str | None, logging_file: str | None
+) -> None:
     from monai.bundle import ConfigWorkflow
 
     write_json_atomic(run.run_dir / f"{stage}_args.json", run.overrides)
@@ -266,8 +278,9 @@ def execute_run(
     return run.result_path
 
 
-def summarise(output_dir: str | os.PathLike, metric: str = "auto",
-              group_by: Sequence[str] = DEFAULT_GROUP_BY) -> tuple[list[dict[str, Any]], str | None]:
+def summarise(
+    output_dir: str | os.PathLike, metric: str = "auto", group_by: Sequence[str] = DEFAULT_GROUP_BY
+) -> tuple[list[dict[str, Any]], str | None]:
     """Aggregate every result record under ``output_dir``; write ``summary.json`` / ``summary.csv``.
 
     ``metric="auto"``: ``foreground_dice`` when any record has it, else ``macro_f1``.
@@ -320,8 +333,14 @@ def repeat(
             continue
         logger.info("[%d/%d] %s", index, len(runs), run.run_id)
         try:
-            execute_run(run, [str(p) for p in config_files], [str(p) for p in eval_files] if eval_files else None,
-                        meta_file, logging_file, in_process)
+            execute_run(
+                run,
+                [str(p) for p in config_files],
+                [str(p) for p in eval_files] if eval_files else None,
+                meta_file,
+                logging_file,
+                in_process,
+            )
         except Exception as error:  # one failed repetition must not lose the others
             if stop_on_error:
                 raise
@@ -335,7 +354,10 @@ def _markdown(rows: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric
     header = [*group_by, "n", f"{metric} mean ± SEM (x100)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [str(row[key]) for key in group_by] + [str(row["n"]), f"{100 * row['mean']:.2f} ± {100 * row['sem']:.2f}"]
+        cells = [str(row[key]) for key in group_by] + [
+            str(row["n"]),
+            f"{100 * row['mean']:.2f} ± {100 * row['sem']:.2f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -346,15 +368,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a MONAI bundle over seeds and/or split files and report mean ± SEM.",
     )
     parser.add_argument("--config_file", nargs="+", required=True, help="bundle config(s) of the training stage")
-    parser.add_argument("--eval_config_file", nargs="+", default=None,
-                        help="config(s) merged after --config_file for the evaluation stage (e.g. evaluate.json)")
+    parser.add_argument(
+        "--eval_config_file",
+        nargs="+",
+        default=None,
+        help="config(s) merged after --config_file for the evaluation stage (e.g. evaluate.json)",
+    )
     parser.add_argument("--split_files", nargs="+", default=None, help="split files (one run per file and seed)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: 0)")
     parser.add_argument("--output_dir", required=True, help="one sub-folder per run, summary.json / summary.csv")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run (repeatable; VALUE parsed as JSON when valid)")
-    parser.add_argument("--key", action="append", default=[], metavar="ROLE=CONFIG_KEY",
-                        help=f"rename the config key of a role (roles: {', '.join(DEFAULT_KEYS)})")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run (repeatable; VALUE parsed as JSON when valid)",
+    )
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="ROLE=CONFIG_KEY",
+        help=f"rename the config key of a role (roles: {', '.join(DEFAULT_KEYS)})",
+    )
     parser.add_argument("--meta_file", default=None)
     parser.add_argument("--logging_file", default=None)
     parser.add_argument("--in_process", action="store_true", help="run stages through ConfigWorkflow in this process")
@@ -380,16 +416,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{run.run_id} [{state}]: {json.dumps(run.overrides)}")
             return 0
         summary = repeat(
-            args.config_file, args.output_dir, seeds=args.seeds, split_files=args.split_files,
-            eval_config_file=args.eval_config_file, overrides=overrides, keys=keys, meta_file=args.meta_file,
-            logging_file=args.logging_file, in_process=args.in_process, metric=args.metric,
-            group_by=args.group_by, stop_on_error=args.stop_on_error,
+            args.config_file,
+            args.output_dir,
+            seeds=args.seeds,
+            split_files=args.split_files,
+            eval_config_file=args.eval_config_file,
+            overrides=overrides,
+            keys=keys,
+            meta_file=args.meta_file,
+            logging_file=args.logging_file,
+            in_process=args.in_process,
+            metric=args.metric,
+            group_by=args.group_by,
+            stop_on_error=args.stop_on_error,
         )
     except RepeatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{len(summary.runs)} run(s): {len(summary.runs) - len(summary.skipped) - len(summary.failed)} run now, "
-          f"{len(summary.skipped)} skipped (result present), {len(summary.failed)} failed")
+    print(
+        f"{len(summary.runs)} run(s): {len(summary.runs) - len(summary.skipped) - len(summary.failed)} run now, "
+        f"{len(summary.skipped)} skipped (result present), {len(summary.failed)} failed"
+    )
     for run_id, message in summary.failed.items():
         print(f"FAILED {run_id}: {message.splitlines()[0]}")
     if summary.rows:

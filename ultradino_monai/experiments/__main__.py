@@ -23,8 +23,10 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ultradino_monai.experiments",
-                                     description="Run the paper's grid of backbones x tasks x seeds, and report it.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ultradino_monai.experiments",
+        description="Run the paper's grid of backbones x tasks x seeds, and report it.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the cells of an experiment file that have no result yet")
     run.add_argument("experiment", help="experiment YAML file (experiments/demo.yaml, experiments/paper.yaml)")
@@ -63,9 +65,12 @@ def _run(args) -> int:
     summary = runner.run_grid(spec, gpus=gpus, workers=args.workers, tasks=args.tasks, backbones=args.backbones)
     cells = summary.cells
     done = sum(1 for job in cells if job.is_done())
-    print(f"{len(cells)} cell(s): {len(summary.skipped)} already done, {len([j for j in summary.finished if not j.startswith('_prepare/')])} "
-          f"run now, {len(summary.failed)} failed, {len(cells) - done - len([j for j in summary.failed if not j.startswith('_prepare/')])} "
-          f"not run; results in {spec.results_dir}")
+    finished = [job for job in summary.finished if not job.startswith("_prepare/")]
+    failed_cells = [job for job in summary.failed if not job.startswith("_prepare/")]
+    print(
+        f"{len(cells)} cell(s): {len(summary.skipped)} already done, {len(finished)} run now, "
+        f"{len(summary.failed)} failed, {len(cells) - done - len(failed_cells)} not run; results in {spec.results_dir}"
+    )
     for job_id, reason in summary.failed.items():
         print(f"FAILED {job_id}: {reason}")
     if summary.interrupted:
@@ -101,9 +106,11 @@ def _status(args) -> int:
         print(json.dumps(status, indent=2))
         return 0
     counts = status["counts"]
-    print(f"{status['experiment']}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
-                                                 ("done", "running", "failed", "interrupted", "pending"))
-          + f" (runner {'running' if status['runner_alive'] else 'not running'}; updated {status['updated']})")
+    print(
+        f"{status['experiment']}: "
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "running", "failed", "interrupted", "pending"))
+        + f" (runner {'running' if status['runner_alive'] else 'not running'}; updated {status['updated']})"
+    )
     for job_id, entry in status["cells"].items():
         if entry["state"] != "done":
             extra = f" ({entry['reason']})" if entry.get("reason") else ""

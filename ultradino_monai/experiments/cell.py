@@ -56,12 +56,19 @@ def _run_commands(job: dict, run_dir: Path) -> None:
         started = time.perf_counter()
         logger.info("%s: %s", stage["name"], " ".join(stage["argv"]))
         with open(log_path, "w") as log:
-            completed = subprocess.run(stage["argv"], stdout=log, stderr=subprocess.STDOUT, check=False,
-                                       env={**os.environ, **stage.get("env", {})})
+            completed = subprocess.run(
+                stage["argv"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+                env={**os.environ, **stage.get("env", {})},
+            )
         if completed.returncode != 0:
             tail = log_path.read_text(errors="replace").splitlines()[-25:]
-            raise RuntimeError(f"stage {stage['name']} failed (exit code {completed.returncode}); last lines of "
-                               f"{log_path}:\n" + "\n".join(tail))
+            raise RuntimeError(
+                f"stage {stage['name']} failed (exit code {completed.returncode}); last lines of "
+                f"{log_path}:\n" + "\n".join(tail)
+            )
         logger.info("%s finished in %.0f s (log %s)", stage["name"], time.perf_counter() - started, log_path)
     result_path = job.get("result_path")
     if result_path and not Path(result_path).is_file():
@@ -77,8 +84,13 @@ def run_job(job: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if job["kind"] == "bundle":
         spec = job["run"]
-        run = RepeatRun(run_id=spec["run_id"], run_dir=Path(spec["run_dir"]), seed=int(spec["seed"]),
-                        split_file=spec["split_file"], overrides=dict(spec["overrides"]))
+        run = RepeatRun(
+            run_id=spec["run_id"],
+            run_dir=Path(spec["run_dir"]),
+            seed=int(spec["seed"]),
+            split_file=spec["split_file"],
+            overrides=dict(spec["overrides"]),
+        )
         execute_run(run, job["configs"], job.get("eval_configs") or None)
     elif job["kind"] == "commands":
         _run_commands(job, run_dir)

@@ -40,6 +40,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def expand_env(value: Any, where: str = "") -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``value`` (recursively)."""
     if isinstance(value, str):
+
         def replace(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
             if name in os.environ:
@@ -93,8 +94,11 @@ def _str_list(value: Any, where: str) -> list[str]:
 def _int_list(value: Any, where: str) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(item, int) and not isinstance(item, bool) for item in value)):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+    ):
         raise SpecError(f"{where} must be a non-empty list of integers, got {value!r}")
     if len(set(value)) != len(value):
         raise SpecError(f"{where} has duplicates: {value}")
@@ -120,7 +124,9 @@ def _parse_dataset(name: str, entry: Any, base: Path, results: Path) -> DatasetS
         out_dir = splits.get("out_dir")
         if isinstance(out_dir, str):
             out_dir = out_dir.replace("{results_dir}", str(results))
-        splits["out_dir"] = _path(out_dir, base, f"{where}.splits.out_dir") if out_dir else dataset.datalist.parent / "splits"
+        splits["out_dir"] = (
+            _path(out_dir, base, f"{where}.splits.out_dir") if out_dir else dataset.datalist.parent / "splits"
+        )
         splits["seed"] = int(splits.get("seed", 0))
         splits["options"] = _expect(splits.get("options") or {}, f"{where}.splits.options")
         dataset.splits = splits
@@ -144,16 +150,52 @@ def _parse_backbone(name: str, entry: Any, base: Path) -> BackboneSpec:
     if kind not in BACKBONE_KINDS:
         raise SpecError(f"{where}.kind must be one of {BACKBONE_KINDS}, got {kind!r}")
     if kind == "nnunet":
-        _unknown(entry, ("kind", "method", "label", "tasks", "trainer", "device", "da_workers", "planner",
-                         "checkpoint_rule", "disable_tta", "processes", "no_compile"), where)
-        options = {key: entry[key] for key in ("trainer", "device", "da_workers", "planner", "checkpoint_rule",
-                                               "disable_tta", "processes", "no_compile") if key in entry}
+        _unknown(
+            entry,
+            (
+                "kind",
+                "method",
+                "label",
+                "tasks",
+                "trainer",
+                "device",
+                "da_workers",
+                "planner",
+                "checkpoint_rule",
+                "disable_tta",
+                "processes",
+                "no_compile",
+            ),
+            where,
+        )
+        options = {
+            key: entry[key]
+            for key in (
+                "trainer",
+                "device",
+                "da_workers",
+                "planner",
+                "checkpoint_rule",
+                "disable_tta",
+                "processes",
+                "no_compile",
+            )
+            if key in entry
+        }
         options.setdefault("trainer", "nnUNetTrainer")
-        backbone = BackboneSpec(name=name, kind="nnunet", method=str(entry.get("method", "nnUNet")),
-                                label=str(entry.get("label", "UNet")), nnunet=options)
+        backbone = BackboneSpec(
+            name=name,
+            kind="nnunet",
+            method=str(entry.get("method", "nnUNet")),
+            label=str(entry.get("label", "UNet")),
+            nnunet=options,
+        )
     else:
-        _unknown(entry, ("kind", "method", "label", "checkpoint", "source", "in_chans", "arch", "arch_like",
-                         "overrides", "tasks"), where)
+        _unknown(
+            entry,
+            ("kind", "method", "label", "checkpoint", "source", "in_chans", "arch", "arch_like", "overrides", "tasks"),
+            where,
+        )
         if "checkpoint" not in entry:
             raise SpecError(f"{where}.checkpoint is required (a file, or null for a random init)")
         checkpoint = entry["checkpoint"]
@@ -174,12 +216,16 @@ def _parse_backbone(name: str, entry: Any, base: Path) -> BackboneSpec:
                 raise SpecError(f"{where}.overrides: keys are 'segmentation' and 'classification', got {key!r}")
             _expect(value, f"{where}.overrides.{key}")
         backbone = BackboneSpec(
-            name=name, kind="vit",
+            name=name,
+            kind="vit",
             method=str(entry.get("method", "scratch" if checkpoint is None else "UltraDINO")),
             label=str(entry.get("label", name)),
             checkpoint=None if checkpoint is None else _path(checkpoint, base, f"{where}.checkpoint"),
-            source=source, in_chans=int(in_chans), arch=arch,
-            arch_like=entry.get("arch_like"), overrides={k: dict(v) for k, v in overrides.items()},
+            source=source,
+            in_chans=int(in_chans),
+            arch=arch,
+            arch_like=entry.get("arch_like"),
+            overrides={k: dict(v) for k, v in overrides.items()},
         )
         if checkpoint is not None and (arch is not None or backbone.arch_like is not None):
             raise SpecError(f"{where}: 'arch' / 'arch_like' describe a random init; this backbone has a checkpoint")
@@ -191,8 +237,22 @@ def _parse_backbone(name: str, entry: Any, base: Path) -> BackboneSpec:
 def _parse_task(name: str, entry: Any, base: Path) -> TaskSpec:
     where = f"tasks.{name}"
     entry = _expect(entry, where)
-    _unknown(entry, ("kind", "dataset", "splits", "seeds", "pairing", "column", "overrides", "backbones",
-                     "configs", "eval_configs"), where)
+    _unknown(
+        entry,
+        (
+            "kind",
+            "dataset",
+            "splits",
+            "seeds",
+            "pairing",
+            "column",
+            "overrides",
+            "backbones",
+            "configs",
+            "eval_configs",
+        ),
+        where,
+    )
     kind = entry.get("kind")
     if kind not in TASK_KINDS:
         raise SpecError(f"{where}.kind must be one of {TASK_KINDS}, got {kind!r}")
@@ -206,8 +266,12 @@ def _parse_task(name: str, entry: Any, base: Path) -> TaskSpec:
     if pairing == "replicate" and "seeds" in entry:
         raise SpecError(f"{where}: pairing 'replicate' takes the seed from each split file; remove 'seeds'")
     task = TaskSpec(
-        name=name, kind=kind, dataset=str(entry["dataset"]), splits=_str_list(entry["splits"], f"{where}.splits"),
-        seeds=_int_list(entry.get("seeds", [0]), f"{where}.seeds"), pairing=pairing,
+        name=name,
+        kind=kind,
+        dataset=str(entry["dataset"]),
+        splits=_str_list(entry["splits"], f"{where}.splits"),
+        seeds=_int_list(entry.get("seeds", [0]), f"{where}.seeds"),
+        pairing=pairing,
         column=None if entry.get("column") is None else str(entry["column"]),
         overrides=_expect(entry.get("overrides") or {}, f"{where}.overrides"),
     )
@@ -219,8 +283,13 @@ def _parse_task(name: str, entry: Any, base: Path) -> TaskSpec:
     return task
 
 
-def parse_spec(document: Any, path: Path | None = None, base: Path | None = None,
-               check_files: bool = True, results_dir: str | os.PathLike | None = None) -> ExperimentSpec:
+def parse_spec(
+    document: Any,
+    path: Path | None = None,
+    base: Path | None = None,
+    check_files: bool = True,
+    results_dir: str | os.PathLike | None = None,
+) -> ExperimentSpec:
     """Validate an experiment document (already loaded from YAML); see the module docstring.
 
     Args:
@@ -241,18 +310,24 @@ def parse_spec(document: Any, path: Path | None = None, base: Path | None = None
         results = _path(str(chosen), base, "results_dir")
     else:
         results = base / "runs" / "experiments" / name
-    datasets = {_name(k, f"datasets.{k}"): _parse_dataset(k, v, base, results)
-                for k, v in _expect(document["datasets"], "datasets").items()}
-    backbones = {_name(k, f"backbones.{k}"): _parse_backbone(k, v, base)
-                 for k, v in _expect(document["backbones"], "backbones").items()}
+    datasets = {
+        _name(k, f"datasets.{k}"): _parse_dataset(k, v, base, results)
+        for k, v in _expect(document["datasets"], "datasets").items()
+    }
+    backbones = {
+        _name(k, f"backbones.{k}"): _parse_backbone(k, v, base)
+        for k, v in _expect(document["backbones"], "backbones").items()
+    }
     tasks = {_name(k, f"tasks.{k}"): _parse_task(k, v, base) for k, v in _expect(document["tasks"], "tasks").items()}
 
     labels: dict[tuple[str, str], str] = {}
     for backbone in backbones.values():
         key = (backbone.method, backbone.label)
         if key in labels:
-            raise SpecError(f"backbones.{backbone.name}: method/label {key} is already used by backbones.{labels[key]} "
-                            "(Table 1 rows would merge)")
+            raise SpecError(
+                f"backbones.{backbone.name}: method/label {key} is already used by backbones.{labels[key]} "
+                "(Table 1 rows would merge)"
+            )
         labels[key] = backbone.name
         if backbone.arch_like is not None:
             if backbone.arch_like not in backbones:
@@ -268,13 +343,19 @@ def parse_spec(document: Any, path: Path | None = None, base: Path | None = None
             raise SpecError(f"{where}.dataset: unknown dataset {task.dataset!r}; datasets are {sorted(datasets)}")
         for backbone_name in task.backbones or []:
             if backbone_name not in backbones:
-                raise SpecError(f"{where}.backbones: unknown backbone {backbone_name!r}; backbones are {sorted(backbones)}")
+                raise SpecError(
+                    f"{where}.backbones: unknown backbone {backbone_name!r}; backbones are {sorted(backbones)}"
+                )
             if not backbones[backbone_name].can_run(task.kind):
-                raise SpecError(f"{where}.backbones: {backbone_name} ({backbones[backbone_name].kind}) cannot run a "
-                                f"{task.kind} task")
+                raise SpecError(
+                    f"{where}.backbones: {backbone_name} ({backbones[backbone_name].kind}) cannot run a "
+                    f"{task.kind} task"
+                )
             if backbones[backbone_name].kind == "nnunet" and not datasets[task.dataset].nnunet:
-                raise SpecError(f"{where}: nnU-Net runs on dataset {task.dataset!r}, which has no 'nnunet' entry "
-                                "(dataset_id, name, size)")
+                raise SpecError(
+                    f"{where}: nnU-Net runs on dataset {task.dataset!r}, which has no 'nnunet' entry "
+                    "(dataset_id, name, size)"
+                )
     report = _expect(document.get("report") or {}, "report")
     _unknown(report, ("label_efficiency", "fewshot_bars", "attention"), "report")
     for key, value in report.items():
@@ -287,8 +368,16 @@ def parse_spec(document: Any, path: Path | None = None, base: Path | None = None
                 raise SpecError(f"report.{key}.backbones: {backbone_name!r} is not a ViT backbone of this file")
         if "dataset" in entry and entry["dataset"] not in datasets:
             raise SpecError(f"report.{key}.dataset: unknown dataset {entry['dataset']!r}")
-    spec = ExperimentSpec(name=name, path=path, results_dir=results, datasets=datasets, backbones=backbones,
-                          tasks=tasks, report=report, raw=copy.deepcopy(document))
+    spec = ExperimentSpec(
+        name=name,
+        path=path,
+        results_dir=results,
+        datasets=datasets,
+        backbones=backbones,
+        tasks=tasks,
+        report=report,
+        raw=copy.deepcopy(document),
+    )
     if not spec.pairs():
         raise SpecError("the grid is empty: no backbone can run any task (check tasks.*.backbones / backbones.*.tasks)")
     if check_files:
@@ -315,8 +404,9 @@ def check_spec_files(spec: ExperimentSpec) -> None:
                 raise SpecError(f"tasks.{task.name}: bundle config not found: {config}")
 
 
-def load_spec(path: str | os.PathLike, check_files: bool = True,
-              results_dir: str | os.PathLike | None = None) -> ExperimentSpec:
+def load_spec(
+    path: str | os.PathLike, check_files: bool = True, results_dir: str | os.PathLike | None = None
+) -> ExperimentSpec:
     """Read and validate an experiment YAML file (relative paths: to the working directory)."""
     import yaml
 

@@ -154,8 +154,10 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
     """Every job of the grid, cells in task → backbone → split → seed order (split files must exist)."""
     results = spec.results_dir
     jobs: list[Job] = []
-    files_of = {task.name: spec.datasets[task.dataset].resolve_splits(task.splits, f"tasks.{task.name}.splits")
-                for task in spec.tasks.values()}
+    files_of = {
+        task.name: spec.datasets[task.dataset].resolve_splits(task.splits, f"tasks.{task.name}.splits")
+        for task in spec.tasks.values()
+    }
     # nnU-Net: one export + plan per (backbone, dataset) holding every split file it trains on
     nnunet_folds: dict[tuple[str, str], list[Path]] = {}
     for task, backbone in spec.pairs():
@@ -164,8 +166,10 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
             for path, _ in _pairs(task, files_of[task.name]):
                 resolved = path.resolve()
                 if resolved in folds:
-                    raise SpecError(f"tasks.{task.name}: nnU-Net ({backbone.name}) trains one model per split file, "
-                                    f"but {path.name} is used twice on dataset {task.dataset} (another seed or task)")
+                    raise SpecError(
+                        f"tasks.{task.name}: nnU-Net ({backbone.name}) trains one model per split file, "
+                        f"but {path.name} is used twice on dataset {task.dataset} (another seed or task)"
+                    )
                 folds.append(resolved)
     prepare_ids: dict[tuple[str, str], str] = {}
     for (backbone_name, dataset_name), folds in nnunet_folds.items():
@@ -175,19 +179,58 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
         size = nn.get("size", 224)
         sizes = [str(int(s)) for s in (size if isinstance(size, list) else [size])]
         common = ["--workdir", str(workdir), *_nnunet_args(backbone)]
-        export = [sys.executable, "-m", "nnunet_baselines", "export", str(dataset.datalist.resolve()),
-                  "--split-file", *map(str, folds), "--dataset-id", str(nn["dataset_id"]), "--name", nn["name"],
-                  "--size", *sizes, "--bit-depth", str(nn.get("bit_depth", 8)), "--dataset-name", dataset_name, *common]
-        plan = [sys.executable, "-m", "nnunet_baselines", "plan", "--dataset-id", str(nn["dataset_id"]),
-                "--planner", str(backbone.nnunet.get("planner", "ExperimentPlanner")), *common]
+        export = [
+            sys.executable,
+            "-m",
+            "nnunet_baselines",
+            "export",
+            str(dataset.datalist.resolve()),
+            "--split-file",
+            *map(str, folds),
+            "--dataset-id",
+            str(nn["dataset_id"]),
+            "--name",
+            nn["name"],
+            "--size",
+            *sizes,
+            "--bit-depth",
+            str(nn.get("bit_depth", 8)),
+            "--dataset-name",
+            dataset_name,
+            *common,
+        ]
+        plan = [
+            sys.executable,
+            "-m",
+            "nnunet_baselines",
+            "plan",
+            "--dataset-id",
+            str(nn["dataset_id"]),
+            "--planner",
+            str(backbone.nnunet.get("planner", "ExperimentPlanner")),
+            *common,
+        ]
         job_id = f"_prepare/{backbone_name}/{dataset_name}"
         run_dir = workdir / f"_prepare_{dataset_name}"
-        marker = (workdir / f"prepared_{dataset_name}.json",
-                  {"dataset_id": nn["dataset_id"], "size": sizes, "split_files": [str(f) for f in folds]})
-        jobs.append(Job(job_id=job_id, kind="prepare", run_dir=run_dir, backbone=backbone_name, marker=marker,
-                        description={"kind": "commands", "run_dir": str(run_dir),
-                                     "stages": [{"name": "export", "argv": export}, {"name": "plan", "argv": plan}],
-                                     "marker": {"path": str(marker[0]), "content": marker[1]}}))
+        marker = (
+            workdir / f"prepared_{dataset_name}.json",
+            {"dataset_id": nn["dataset_id"], "size": sizes, "split_files": [str(f) for f in folds]},
+        )
+        jobs.append(
+            Job(
+                job_id=job_id,
+                kind="prepare",
+                run_dir=run_dir,
+                backbone=backbone_name,
+                marker=marker,
+                description={
+                    "kind": "commands",
+                    "run_dir": str(run_dir),
+                    "stages": [{"name": "export", "argv": export}, {"name": "plan", "argv": plan}],
+                    "marker": {"path": str(marker[0]), "content": marker[1]},
+                },
+            )
+        )
         prepare_ids[(backbone_name, dataset_name)] = job_id
 
     for task, backbone in spec.pairs():
@@ -200,37 +243,82 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                 dataset = spec.datasets[task.dataset]
                 workdir = results / WORK_DIR / "nnunet" / backbone.name
                 base = [sys.executable, "-m", "nnunet_baselines"]
-                where = ["--workdir", str(workdir), "--dataset-id", str(dataset.nnunet["dataset_id"]),
-                         "--fold", str(split_file.resolve()), "--trainer", backbone.nnunet["trainer"],
-                         *_nnunet_args(backbone)]
+                where = [
+                    "--workdir",
+                    str(workdir),
+                    "--dataset-id",
+                    str(dataset.nnunet["dataset_id"]),
+                    "--fold",
+                    str(split_file.resolve()),
+                    "--trainer",
+                    backbone.nnunet["trainer"],
+                    *_nnunet_args(backbone),
+                ]
                 device = ["--device", str(backbone.nnunet.get("device", "auto"))]
                 train = base + ["train", *where, *device, "--seed", str(seed)]
                 if backbone.nnunet.get("da_workers") is not None:
                     train += ["--da-workers", str(int(backbone.nnunet["da_workers"]))]
-                predict = base + ["predict", *where, *device,
-                                  "--checkpoint", str(backbone.nnunet.get("checkpoint_rule", "auto"))]
+                predict = base + [
+                    "predict",
+                    *where,
+                    *device,
+                    "--checkpoint",
+                    str(backbone.nnunet.get("checkpoint_rule", "auto")),
+                ]
                 if backbone.nnunet.get("disable_tta"):
                     predict.append("--disable-tta")
                 score = base + ["score", *where, "--seed", str(seed), "--out", str(run_dir / RESULT_NAME)]
-                description = {"kind": "commands", "run_dir": str(run_dir), "result_path": str(run_dir / RESULT_NAME),
-                               "stages": [{"name": "train", "argv": train}, {"name": "predict", "argv": predict},
-                                          {"name": "score", "argv": score}]}
+                description = {
+                    "kind": "commands",
+                    "run_dir": str(run_dir),
+                    "result_path": str(run_dir / RESULT_NAME),
+                    "stages": [
+                        {"name": "train", "argv": train},
+                        {"name": "predict", "argv": predict},
+                        {"name": "score", "argv": score},
+                    ],
+                }
                 requires = [prepare_ids[(backbone.name, task.dataset)]]
             else:
                 try:
-                    (run,) = plan_runs(output_dir, seeds=[seed], split_files=[split_file],
-                                       overrides=bundle_overrides(spec, task, backbone))
+                    (run,) = plan_runs(
+                        output_dir,
+                        seeds=[seed],
+                        split_files=[split_file],
+                        overrides=bundle_overrides(spec, task, backbone),
+                    )
                 except RepeatError as error:
                     raise SpecError(f"tasks.{task.name} / backbones.{backbone.name}: {error}") from error
                 configs, eval_configs = task_configs(task)
-                description = {"kind": "bundle", "run_dir": str(run.run_dir),
-                               "run": {"run_id": run.run_id, "run_dir": str(run.run_dir), "seed": run.seed,
-                                       "split_file": run.split_file, "overrides": run.overrides},
-                               "configs": configs, "eval_configs": eval_configs}
+                description = {
+                    "kind": "bundle",
+                    "run_dir": str(run.run_dir),
+                    "run": {
+                        "run_id": run.run_id,
+                        "run_dir": str(run.run_dir),
+                        "seed": run.seed,
+                        "split_file": run.split_file,
+                        "overrides": run.overrides,
+                    },
+                    "configs": configs,
+                    "eval_configs": eval_configs,
+                }
                 requires = []
-            jobs.append(Job(job_id=job_id, kind="cell", run_dir=run_dir, description=description, task=task.name,
-                            backbone=backbone.name, cell_id=cell_id, split_file=str(split_file), seed=seed,
-                            result_path=run_dir / RESULT_NAME, requires=requires))
+            jobs.append(
+                Job(
+                    job_id=job_id,
+                    kind="cell",
+                    run_dir=run_dir,
+                    description=description,
+                    task=task.name,
+                    backbone=backbone.name,
+                    cell_id=cell_id,
+                    split_file=str(split_file),
+                    seed=seed,
+                    result_path=run_dir / RESULT_NAME,
+                    requires=requires,
+                )
+            )
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):
         duplicates = sorted({job_id for job_id in ids if ids.count(job_id) > 1})
@@ -243,26 +331,44 @@ def write_experiment_snapshot(spec: ExperimentSpec, jobs: Sequence[Job]) -> Path
     backbones = {}
     for backbone in spec.backbones.values():
         backbones[backbone.name] = {
-            "kind": backbone.kind, "method": backbone.method, "label": backbone.label,
+            "kind": backbone.kind,
+            "method": backbone.method,
+            "label": backbone.label,
             "checkpoint": None if backbone.checkpoint is None else str(backbone.checkpoint.resolve()),
-            "source": backbone.source, "in_chans": backbone.in_chans,
+            "source": backbone.source,
+            "in_chans": backbone.in_chans,
             "architecture": spec.architecture(backbone) if backbone.kind == "vit" else None,
         }
     document = {
         "name": spec.name,
         "spec_file": None if spec.path is None else str(Path(spec.path).resolve()),
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "datasets": {name: {"datalist": str(d.datalist.resolve()),
-                            "split_dir": None if d.split_dir is None else str(d.split_dir.resolve())}
-                     for name, d in spec.datasets.items()},
+        "datasets": {
+            name: {
+                "datalist": str(d.datalist.resolve()),
+                "split_dir": None if d.split_dir is None else str(d.split_dir.resolve()),
+            }
+            for name, d in spec.datasets.items()
+        },
         "backbones": backbones,
-        "tasks": {name: {"kind": t.kind, "dataset": t.dataset, "column": t.column, "seeds": t.seeds,
-                         "splits": t.splits} for name, t in spec.tasks.items()},
+        "tasks": {
+            name: {"kind": t.kind, "dataset": t.dataset, "column": t.column, "seeds": t.seeds, "splits": t.splits}
+            for name, t in spec.tasks.items()
+        },
         "report": spec.report,
-        "cells": [{"job_id": job.job_id, "task": job.task, "backbone": job.backbone, "cell_id": job.cell_id,
-                   "split_file": job.split_file, "seed": job.seed,
-                   "result": str(job.result_path.relative_to(spec.results_dir))}
-                  for job in jobs if job.kind == "cell"],
+        "cells": [
+            {
+                "job_id": job.job_id,
+                "task": job.task,
+                "backbone": job.backbone,
+                "cell_id": job.cell_id,
+                "split_file": job.split_file,
+                "seed": job.seed,
+                "result": str(job.result_path.relative_to(spec.results_dir)),
+            }
+            for job in jobs
+            if job.kind == "cell"
+        ],
         "document": spec.raw,
     }
     path = spec.results_dir / "experiment.json"
@@ -273,7 +379,10 @@ def write_experiment_snapshot(spec: ExperimentSpec, jobs: Sequence[Job]) -> Path
 def _select(jobs: Sequence[Job], tasks: Sequence[str] | None, backbones: Sequence[str] | None) -> list[Job]:
     if not tasks and not backbones:
         return list(jobs)
-    cells = [job for job in jobs if job.kind == "cell" and (not tasks or job.task in tasks)
-             and (not backbones or job.backbone in backbones)]
+    cells = [
+        job
+        for job in jobs
+        if job.kind == "cell" and (not tasks or job.task in tasks) and (not backbones or job.backbone in backbones)
+    ]
     needed = {requirement for job in cells for requirement in job.requires}
     return [job for job in jobs if job in cells or job.job_id in needed]

@@ -30,7 +30,8 @@ def make_demo_data(demo_dir: str | os.PathLike) -> None:
 
 
 def prepare_datasets(spec: ExperimentSpec) -> None:
-    """Generate missing demo data, (re)write the split files of datasets with a ``splits`` entry, check every task's split files resolve."""
+    """Generate missing demo data, (re)write the split files of datasets with a ``splits`` entry, and check that every
+    task's split files resolve."""
     import logging
 
     log = logging.getLogger(__name__)
@@ -45,17 +46,27 @@ def prepare_datasets(spec: ExperimentSpec) -> None:
             # when nothing changed, so they are rewritten on every run: never stale after a datalist change.
             from ultradino_monai.data import splits as split_module
 
-            function = {"fass": split_module.fass_splits, "jnu": split_module.jnu_splits,
-                        "holdout": split_module.holdout_splits}[dataset.splits["protocol"]]
-            log.info("writing %s split files for %s to %s", dataset.splits["protocol"], dataset.name,
-                     dataset.splits["out_dir"])
+            function = {
+                "fass": split_module.fass_splits,
+                "jnu": split_module.jnu_splits,
+                "holdout": split_module.holdout_splits,
+            }[dataset.splits["protocol"]]
+            log.info(
+                "writing %s split files for %s to %s",
+                dataset.splits["protocol"],
+                dataset.name,
+                dataset.splits["out_dir"],
+            )
             try:
-                function(dataset.datalist, dataset.splits["out_dir"], dataset.splits["seed"],
-                         **dataset.splits["options"])
+                function(
+                    dataset.datalist, dataset.splits["out_dir"], dataset.splits["seed"], **dataset.splits["options"]
+                )
             except TypeError as error:
                 raise SpecError(f"datasets.{dataset.name}.splits.options: {error}") from error
     for task in spec.tasks.values():
         files = spec.datasets[task.dataset].resolve_splits(task.splits, f"tasks.{task.name}.splits")
         if task.pairing == "zip" and len(files) != len(task.seeds):
-            raise SpecError(f"tasks.{task.name}: pairing 'zip' needs as many seeds as split files "
-                            f"({len(task.seeds)} seeds, {len(files)} files: {[f.name for f in files]})")
+            raise SpecError(
+                f"tasks.{task.name}: pairing 'zip' needs as many seeds as split files "
+                f"({len(task.seeds)} seeds, {len(files)} files: {[f.name for f in files]})"
+            )

@@ -54,16 +54,21 @@ __all__ = [
     "render_report",
 ]
 
-_METRIC_OF_KIND = {"segmentation": "foreground_dice", "classification_finetune": "macro_f1",
-                   "classification_linear_probe": "macro_f1"}
+_METRIC_OF_KIND = {
+    "segmentation": "foreground_dice",
+    "classification_finetune": "macro_f1",
+    "classification_linear_probe": "macro_f1",
+}
 _METRIC_TITLE = {"foreground_dice": "foreground Dice", "macro_f1": "macro F1"}
 
 
 def _snapshot(results_dir: Path) -> dict[str, Any]:
     path = results_dir / "experiment.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not an experiment results folder "
-                                "(python -m ultradino_monai.experiments run EXPERIMENT.yaml writes it)")
+        raise FileNotFoundError(
+            f"{path} not found: not an experiment results folder "
+            "(python -m ultradino_monai.experiments run EXPERIMENT.yaml writes it)"
+        )
     return json.loads(path.read_text())
 
 
@@ -71,7 +76,9 @@ def row_label(backbone: Mapping[str, Any]) -> str:
     return f"{backbone['method']} ({backbone['label']})"
 
 
-def load_cell_records(results_dir: str | os.PathLike, snapshot: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def load_cell_records(
+    results_dir: str | os.PathLike, snapshot: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Result records of the experiment's cells, relabelled with the backbone's method / label.
 
     Each returned record is a copy with ``method`` / ``backbone`` from ``experiment.json``,
@@ -88,10 +95,18 @@ def load_cell_records(results_dir: str | os.PathLike, snapshot: Mapping[str, Any
         record = json.loads(path.read_text())
         validate_record(record, where=str(path))
         backbone = snapshot["backbones"][cell["backbone"]]
-        records.append({**record, "record_method": record["method"], "record_backbone": record["backbone"],
-                        "method": backbone["method"], "backbone": backbone["label"],
-                        "experiment_task": cell["task"], "experiment_backbone": cell["backbone"],
-                        "result_file": str(path)})
+        records.append(
+            {
+                **record,
+                "record_method": record["method"],
+                "record_backbone": record["backbone"],
+                "method": backbone["method"],
+                "backbone": backbone["label"],
+                "experiment_task": cell["task"],
+                "experiment_backbone": cell["backbone"],
+                "result_file": str(path),
+            }
+        )
     logger.info("%d of %d cells have results in %s", len(records), len(snapshot["cells"]), results_dir)
     return records
 
@@ -105,8 +120,11 @@ def table_columns(snapshot: Mapping[str, Any], records: Sequence[Mapping[str, An
         own = [r for r in records if r["experiment_task"] == name]
         datasets = tuple(sorted({r["dataset"] for r in own})) or (task["dataset"],)
         kinds = tuple(sorted({r["split_kind"] for r in own})) or ("-",)
-        columns.append(Table1Column(task["column"], own[0]["task"] if own else task["kind"],
-                                    datasets, kinds, _METRIC_OF_KIND[task["kind"]]))
+        columns.append(
+            Table1Column(
+                task["column"], own[0]["task"] if own else task["kind"], datasets, kinds, _METRIC_OF_KIND[task["kind"]]
+            )
+        )
     titles = [c.title for c in columns]
     if len(set(titles)) != len(titles):
         raise ResultError(f"two tasks share a Table 1 column title: {titles}")
@@ -114,8 +132,10 @@ def table_columns(snapshot: Mapping[str, Any], records: Sequence[Mapping[str, An
         hits = [c.title for c in columns if c.matches(record)]
         owner = snapshot["tasks"][record["experiment_task"]].get("column")
         if len(hits) > 1 or (hits and hits != [owner]):
-            raise ResultError(f"{record['result_file']} (task {record['experiment_task']}) would fall into column(s) "
-                              f"{hits}; give the tasks distinct datasets or split kinds")
+            raise ResultError(
+                f"{record['result_file']} (task {record['experiment_task']}) would fall into column(s) "
+                f"{hits}; give the tasks distinct datasets or split kinds"
+            )
     return columns
 
 
@@ -126,8 +146,9 @@ def _percent(split_kind: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def label_efficiency_points(records: Sequence[Mapping[str, Any]], tasks: Sequence[str],
-                            metric: str = "foreground_dice") -> dict[str, dict[float, tuple[float, float, int]]]:
+def label_efficiency_points(
+    records: Sequence[Mapping[str, Any]], tasks: Sequence[str], metric: str = "foreground_dice"
+) -> dict[str, dict[float, tuple[float, float, int]]]:
     """``{row label: {percent: (mean, sem, n)}}`` from the records of ``tasks`` (``full`` = 100 %)."""
     values: dict[str, dict[float, list[float]]] = {}
     for record in records:
@@ -160,8 +181,12 @@ def _save(figure, path: Path) -> Path:
     return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=150, bbox_inches="tight"))
 
 
-def plot_label_efficiency(points: Mapping[str, Mapping[float, tuple[float, float, int]]], path: str | os.PathLike,
-                          title: str = "Label efficiency", metric: str = "foreground_dice") -> Path:
+def plot_label_efficiency(
+    points: Mapping[str, Mapping[float, tuple[float, float, int]]],
+    path: str | os.PathLike,
+    title: str = "Label efficiency",
+    metric: str = "foreground_dice",
+) -> Path:
     """Line plot: metric (×100) vs % of training data, one line per backbone, SEM error bars."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
@@ -171,8 +196,16 @@ def plot_label_efficiency(points: Mapping[str, Mapping[float, tuple[float, float
         xs = sorted(series)
         means = [100 * series[x][0] for x in xs]
         sems = [100 * series[x][1] for x in xs]
-        axis.errorbar(xs, means, yerr=sems, marker=markers[index % len(markers)], capsize=4, linewidth=1.8,
-                      markersize=6, label=label)
+        axis.errorbar(
+            xs,
+            means,
+            yerr=sems,
+            marker=markers[index % len(markers)],
+            capsize=4,
+            linewidth=1.8,
+            markersize=6,
+            label=label,
+        )
     axis.set_xscale("log")
     axis.set_xticks(percents)
     axis.set_xticklabels([f"{p:g}%" for p in percents])
@@ -183,15 +216,24 @@ def plot_label_efficiency(points: Mapping[str, Mapping[float, tuple[float, float
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8, loc="best")
     n_values = sorted({series[x][2] for series in points.values() for x in series})
-    axis.text(0.99, 0.01, f"mean ± SEM over n = {'/'.join(map(str, n_values))} runs", transform=axis.transAxes,
-              ha="right", va="bottom", fontsize=7, color="0.35")
+    axis.text(
+        0.99,
+        0.01,
+        f"mean ± SEM over n = {'/'.join(map(str, n_values))} runs",
+        transform=axis.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="0.35",
+    )
     result = _save(figure, Path(path))
     plt.close(figure)
     return result
 
 
-def plot_fewshot_bars(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str,
-                      metric: str = "foreground_dice") -> Path:
+def plot_fewshot_bars(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str, metric: str = "foreground_dice"
+) -> Path:
     """Bar plot of :func:`aggregate` rows (one bar per backbone): mean ×100 with SEM error bars, value on top."""
     plt = _pyplot()
     labels = [f"{row['method']} ({row['backbone']})" for row in rows]
@@ -199,13 +241,22 @@ def plot_fewshot_bars(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
     sems = np.array([100 * row["sem"] for row in rows])
     figure, axis = plt.subplots(figsize=(max(4.8, 1.5 * len(rows) + 1.5), 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    bars = axis.bar(range(len(rows)), means, yerr=sems, capsize=5, color=[colors[i % len(colors)] for i in range(len(rows))])
+    bars = axis.bar(
+        range(len(rows)), means, yerr=sems, capsize=5, color=[colors[i % len(colors)] for i in range(len(rows))]
+    )
     for bar, mean, sem, row in zip(bars, means, sems, rows):
-        axis.text(bar.get_x() + bar.get_width() / 2, mean + sem + 0.01 * max(1.0, means.max()),
-                  f"{mean:.1f} ± {sem:.1f}\n(n={row['n']})", ha="center", va="bottom", fontsize=8)
+        axis.text(
+            bar.get_x() + bar.get_width() / 2,
+            mean + sem + 0.01 * max(1.0, means.max()),
+            f"{mean:.1f} ± {sem:.1f}\n(n={row['n']})",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     axis.set_xticks(range(len(rows)))
-    axis.set_xticklabels(labels, rotation=20 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center",
-                         fontsize=8)
+    axis.set_xticklabels(
+        labels, rotation=20 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center", fontsize=8
+    )
     axis.set_ylabel(f"test {_METRIC_TITLE.get(metric, metric)} (×100)")
     axis.set_ylim(0, max(1.0, float((means + sems).max())) * 1.25)
     axis.set_title(title)
@@ -222,14 +273,24 @@ def _load_for_attention(backbone: Mapping[str, Any], image_size: int, seed: int 
     from ultradino_monai.networks.checkpoints import load_backbone
 
     if backbone.get("checkpoint"):
-        return load_backbone(backbone["checkpoint"], source=backbone.get("source", "auto"),
-                             in_chans=int(backbone.get("in_chans", 1)), img_size=image_size)
+        return load_backbone(
+            backbone["checkpoint"],
+            source=backbone.get("source", "auto"),
+            in_chans=int(backbone.get("in_chans", 1)),
+            img_size=image_size,
+        )
     shape = dict(backbone.get("architecture") or {})
     arch = shape.pop("arch", "vit_small")
     registers = shape.pop("num_register_tokens", None)
     torch.manual_seed(seed)
-    return load_backbone(None, arch=arch, in_chans=int(backbone.get("in_chans", 1)), img_size=image_size,
-                         num_register_tokens=registers, **shape)
+    return load_backbone(
+        None,
+        arch=arch,
+        in_chans=int(backbone.get("in_chans", 1)),
+        img_size=image_size,
+        num_register_tokens=registers,
+        **shape,
+    )
 
 
 def plot_attention(
@@ -265,8 +326,9 @@ def plot_attention(
             break
     if not items:
         raise ResultError(f"{datalist}: section {section!r} is empty; no images for the attention figure")
-    chain = ultrasound_preprocessing("image", None, spatial_size=(image_size, image_size), normalization="none",
-                                     in_chans=1, label_is_map=False)
+    chain = ultrasound_preprocessing(
+        "image", None, spatial_size=(image_size, image_size), normalization="none", in_chans=1, label_is_map=False
+    )
     images = torch.stack([torch.as_tensor(chain({"image": item["image"]})["image"]) for item in items])  # [N,1,H,W]
     maps = []
     for backbone in backbones:
@@ -283,15 +345,21 @@ def plot_attention(
     heads = max(m.shape[1] for m in maps)
     plt = _pyplot()
     rows = len(items) * len(backbones)
-    figure, axes = plt.subplots(rows, heads + 1, figsize=(1.5 * (heads + 1) + 1.4, 1.5 * rows + 0.5), squeeze=False,
-                                gridspec_kw={"wspace": 0.04, "hspace": 0.08})
+    figure, axes = plt.subplots(
+        rows,
+        heads + 1,
+        figsize=(1.5 * (heads + 1) + 1.4, 1.5 * rows + 0.5),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.04, "hspace": 0.08},
+    )
     for i in range(len(items)):
         image = images[i, 0].numpy()
         for b, backbone in enumerate(backbones):
             row = i * len(backbones) + b
             axes[row, 0].imshow(image, cmap="gray")
-            axes[row, 0].set_ylabel(f"{row_label(backbone)}\nimage {i + 1}", fontsize=7, rotation=0, ha="right",
-                                    va="center", labelpad=4)
+            axes[row, 0].set_ylabel(
+                f"{row_label(backbone)}\nimage {i + 1}", fontsize=7, rotation=0, ha="right", va="center", labelpad=4
+            )
             for head in range(heads):
                 axis = axes[row, head + 1]
                 if head >= maps[b].shape[1]:
@@ -309,16 +377,20 @@ def plot_attention(
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(title or f"Last-block CLS attention per head ({section} images, {image_size} px;\n"
-                    "each map scaled to its own range)", fontsize=9)
+    figure.suptitle(
+        title
+        or f"Last-block CLS attention per head ({section} images, {image_size} px;\neach map scaled to its own range)",
+        fontsize=9,
+    )
     result = _save(figure, Path(path))
     plt.close(figure)
     return result
 
 
 # ----------------------------------------------------------------------------- report
-def render_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                  attention: bool = True) -> dict[str, Any]:
+def render_report(
+    results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, attention: bool = True
+) -> dict[str, Any]:
     """Write every output listed in the module docstring; returns their paths and the Table 1 Markdown."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
@@ -339,8 +411,9 @@ def render_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | N
 
     rows = []
     for metric in ("foreground_dice", "macro_f1"):
-        rows += aggregate(records, group_by=("experiment_task", "method", "backbone", "dataset", "split_kind"),
-                          metric=metric)
+        rows += aggregate(
+            records, group_by=("experiment_task", "method", "backbone", "dataset", "split_kind"), metric=metric
+        )
     outputs["groups_csv"] = str(write_aggregate_csv(out_dir / "groups.csv", rows))
 
     figures: dict[str, str] = {}
@@ -350,39 +423,65 @@ def render_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | N
         points = label_efficiency_points(records, tasks)
         if points:
             dataset = snapshot["tasks"][tasks[0]]["dataset"]
-            figures["label_efficiency"] = str(plot_label_efficiency(
-                points, out_dir / "label_efficiency.png",
-                title=report["label_efficiency"].get("title", f"Label efficiency on {dataset} (test set)")))
+            figures["label_efficiency"] = str(
+                plot_label_efficiency(
+                    points,
+                    out_dir / "label_efficiency.png",
+                    title=report["label_efficiency"].get("title", f"Label efficiency on {dataset} (test set)"),
+                )
+            )
         else:
             logger.warning("no label-efficiency results yet (tasks %s)", tasks)
     if "fewshot_bars" in report:
         task = report["fewshot_bars"]["task"]
         metric = _METRIC_OF_KIND[snapshot["tasks"][task]["kind"]]
-        bars = aggregate([r for r in records if r["experiment_task"] == task],
-                         group_by=("experiment_backbone", "method", "backbone"), metric=metric)
+        bars = aggregate(
+            [r for r in records if r["experiment_task"] == task],
+            group_by=("experiment_backbone", "method", "backbone"),
+            metric=metric,
+        )
         order = list(snapshot["backbones"])
         bars.sort(key=lambda row: order.index(row["experiment_backbone"]))
         if bars:
             column = snapshot["tasks"][task].get("column") or task
-            figures["fewshot_bars"] = str(plot_fewshot_bars(
-                bars, out_dir / f"fewshot_{task}.png", metric=metric,
-                title=report["fewshot_bars"].get("title", f"{column}: test {_METRIC_TITLE[metric]}, mean ± SEM")))
+            figures["fewshot_bars"] = str(
+                plot_fewshot_bars(
+                    bars,
+                    out_dir / f"fewshot_{task}.png",
+                    metric=metric,
+                    title=report["fewshot_bars"].get("title", f"{column}: test {_METRIC_TITLE[metric]}, mean ± SEM"),
+                )
+            )
         else:
             logger.warning("no results yet for the few-shot bar plot (task %s)", task)
     if attention and "attention" in report:
         entry = report["attention"]
         dataset = snapshot["datasets"][entry["dataset"]]
         chosen = [{**snapshot["backbones"][name], "name": name} for name in entry["backbones"]]
-        figures["attention"] = str(plot_attention(
-            chosen, dataset["datalist"], out_dir / "attention.png", section=entry.get("section", "validation"),
-            num_images=int(entry.get("images", 3)), image_size=int(entry.get("image_size", 224)),
-            max_heads=entry.get("max_heads")))
+        figures["attention"] = str(
+            plot_attention(
+                chosen,
+                dataset["datalist"],
+                out_dir / "attention.png",
+                section=entry.get("section", "validation"),
+                num_images=int(entry.get("images", 3)),
+                image_size=int(entry.get("image_size", 224)),
+                max_heads=entry.get("max_heads"),
+            )
+        )
     outputs["figures"] = figures
 
-    lines = [f"# Experiment `{snapshot['name']}`", "",
-             f"{len(records)} of {len(snapshot['cells'])} cells have results. Cells: mean ± SEM (×100) over the "
-             "cells of each task (seeds / draws); SEM = sample std / √n, 0.00 for n = 1. Rows marked "
-             "`[reduced budget: ...]` did not run the paper's schedule.", "", "## Table 1", "", markdown]
+    lines = [
+        f"# Experiment `{snapshot['name']}`",
+        "",
+        f"{len(records)} of {len(snapshot['cells'])} cells have results. Cells: mean ± SEM (×100) over the "
+        "cells of each task (seeds / draws); SEM = sample std / √n, 0.00 for n = 1. Rows marked "
+        "`[reduced budget: ...]` did not run the paper's schedule.",
+        "",
+        "## Table 1",
+        "",
+        markdown,
+    ]
     for name, figure in figures.items():
         lines += [f"## {name.replace('_', ' ')}", "", f"![{name}]({Path(figure).name})", ""]
     lines += ["## All groups", "", "`groups.csv` (unscaled; n, mean, std, SEM per task and backbone)", ""]

@@ -121,8 +121,14 @@ def _headline(job: Job) -> str:
 class GridRunner:
     """Runs jobs on worker slots, respecting ``requires``; see :func:`run_grid`."""
 
-    def __init__(self, spec: ExperimentSpec, jobs: Sequence[Job], environments: Sequence[Mapping[str, str]],
-                 poll_seconds: float = 0.5, kill_grace_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        jobs: Sequence[Job],
+        environments: Sequence[Mapping[str, str]],
+        poll_seconds: float = 0.5,
+        kill_grace_seconds: float = 10.0,
+    ) -> None:
         self.spec = spec
         self.jobs = list(jobs)
         self.environments = [dict(env) for env in environments]
@@ -143,15 +149,28 @@ class GridRunner:
     def _progress(self, message: str) -> None:
         counts = self._counts()
         total = sum(counts.values())
-        logger.info("[%d/%d done | %d running | %d failed | %d pending] %s", counts["done"], total,
-                    counts["running"], counts["failed"], counts["pending"], message)
+        logger.info(
+            "[%d/%d done | %d running | %d failed | %d pending] %s",
+            counts["done"],
+            total,
+            counts["running"],
+            counts["failed"],
+            counts["pending"],
+            message,
+        )
         self._write_status()
 
     def _write_status(self) -> None:
-        write_json_atomic(self.spec.results_dir / "status.json", {
-            "experiment": self.spec.name, "updated": _now(), "runner_pid": os.getpid(),
-            "counts": self._counts(), "jobs": self.state,
-        })
+        write_json_atomic(
+            self.spec.results_dir / "status.json",
+            {
+                "experiment": self.spec.name,
+                "updated": _now(),
+                "runner_pid": os.getpid(),
+                "counts": self._counts(),
+                "jobs": self.state,
+            },
+        )
 
     def _set(self, job: Job, state: str, **extra: Any) -> None:
         self.state[job.job_id] = {**self.state.get(job.job_id, {}), "state": state, "kind": job.kind, **extra}
@@ -165,10 +184,22 @@ class GridRunner:
         write_json_atomic(job_file, job.description)
         log = open(job.run_dir / "cell.log", "w")
         env = {**os.environ, **self.environments[slot]}
-        process = subprocess.Popen([sys.executable, "-m", "ultradino_monai.experiments.cell", str(job_file)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self._set(job, "running", slot=slot, started=_now(), pid=process.pid, log=str(job.run_dir / "cell.log"),
-                  worker_env=self.environments[slot])
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ultradino_monai.experiments.cell", str(job_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self._set(
+            job,
+            "running",
+            slot=slot,
+            started=_now(),
+            pid=process.pid,
+            log=str(job.run_dir / "cell.log"),
+            worker_env=self.environments[slot],
+        )
         return _Running(job, process, slot, time.perf_counter(), log)
 
     def _finish(self, running: _Running, returncode: int) -> bool:
@@ -179,11 +210,18 @@ class GridRunner:
             self._set(job, "done", seconds=seconds, finished=_now())
             self._progress(f"finished {job.job_id} in {seconds:.0f} s{_headline(job) if job.kind == 'cell' else ''}")
             return True
-        reason = (f"exit code {returncode}" if returncode != 0
-                  else "exited without writing its result" if job.kind == "cell" else "exited without its marker")
+        reason = (
+            f"exit code {returncode}"
+            if returncode != 0
+            else "exited without writing its result"
+            if job.kind == "cell"
+            else "exited without its marker"
+        )
         tail = _log_tail(job.run_dir / "cell.log")
-        write_json_atomic(job.run_dir / "failed.json", {"job_id": job.job_id, "reason": reason, "seconds": seconds,
-                                                        "time": _now(), "log_tail": tail})
+        write_json_atomic(
+            job.run_dir / "failed.json",
+            {"job_id": job.job_id, "reason": reason, "seconds": seconds, "time": _now(), "log_tail": tail},
+        )
         self._set(job, "failed", seconds=seconds, reason=reason, finished=_now())
         self._progress(f"FAILED {job.job_id} after {seconds:.0f} s ({reason}); log {job.run_dir / 'cell.log'}")
         return False
@@ -220,9 +258,11 @@ class GridRunner:
                     skipped.append(job.job_id)
             else:
                 self._set(job, "pending")
-        self._progress(f"{len(skipped)} cell(s) already have results; "
-                       f"{sum(1 for j in self.jobs if self.state[j.job_id]['state'] == 'pending')} job(s) to run on "
-                       f"{len(self.environments)} worker(s)")
+        self._progress(
+            f"{len(skipped)} cell(s) already have results; "
+            f"{sum(1 for j in self.jobs if self.state[j.job_id]['state'] == 'pending')} job(s) to run on "
+            f"{len(self.environments)} worker(s)"
+        )
         pending = [job for job in self.jobs if self.state[job.job_id]["state"] == "pending"]
         running: list[_Running] = []
         finished: list[str] = []
@@ -235,8 +275,11 @@ class GridRunner:
         try:
             while pending or running:
                 if self._stop_signal is not None:
-                    logger.warning("signal %d: stopping %d running job(s); rerun the same command to resume",
-                                   self._stop_signal, len(running))
+                    logger.warning(
+                        "signal %d: stopping %d running job(s); rerun the same command to resume",
+                        self._stop_signal,
+                        len(running),
+                    )
                     self._terminate(running)
                     self._progress("interrupted")
                     return GridSummary(self.jobs, skipped, finished, failed, interrupted=True)
@@ -253,8 +296,9 @@ class GridRunner:
                 for slot in range(len(self.environments)):
                     if slot in busy:
                         continue
-                    ready = next((job for job in pending
-                                  if all(self.state[r]["state"] == "done" for r in job.requires)), None)
+                    ready = next(
+                        (job for job in pending if all(self.state[r]["state"] == "done" for r in job.requires)), None
+                    )
                     if ready is None:
                         break
                     pending.remove(ready)
@@ -271,8 +315,11 @@ class GridRunner:
                         finished.append(item.job.job_id)
                     else:
                         failed[item.job.job_id] = self.state[item.job.job_id]["reason"]
-                if not running and pending and not any(
-                        all(self.state[r]["state"] == "done" for r in job.requires) for job in pending):
+                if (
+                    not running
+                    and pending
+                    and not any(all(self.state[r]["state"] == "done" for r in job.requires) for job in pending)
+                ):
                     if all(any(self.state[r]["state"] == "failed" for r in job.requires) for job in pending):
                         continue  # the failure pass above marks them
                     raise RuntimeError(f"deadlock: {[job.job_id for job in pending]} wait on jobs that never run")
@@ -350,5 +397,10 @@ def read_status(results_dir: str | os.PathLike) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for entry in cells.values():
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    return {"experiment": snapshot["name"], "runner_alive": alive, "counts": counts, "cells": cells,
-            "updated": status.get("updated")}
+    return {
+        "experiment": snapshot["name"],
+        "runner_alive": alive,
+        "counts": counts,
+        "cells": cells,
+        "updated": status.get("updated"),
+    }

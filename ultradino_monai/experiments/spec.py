@@ -78,8 +78,10 @@ __all__ = [
 #: configs write the result record themselves). Paths relative to the repository root.
 BUNDLE_CONFIGS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "segmentation": (("bundles/segmentation/configs/train.json",), ("bundles/segmentation/configs/evaluate.json",)),
-    "classification_finetune": (("bundles/classification/configs/train.json",),
-                                ("bundles/classification/configs/evaluate.json",)),
+    "classification_finetune": (
+        ("bundles/classification/configs/train.json",),
+        ("bundles/classification/configs/evaluate.json",),
+    ),
     "classification_linear_probe": (("bundles/classification/configs/linear_probe.json",), None),
 }
 TASK_KINDS = tuple(BUNDLE_CONFIGS)
@@ -115,8 +117,10 @@ class DatasetSpec:
             base = candidate if candidate.is_absolute() else folder / candidate
             matches = sorted(Path(p) for p in glob.glob(str(base)))
             if not matches:
-                raise SpecError(f"{where}: no split file matches {pattern!r} in {folder} "
-                                "(write them with ultradino_monai.data.splits or the dataset's 'splits' entry)")
+                raise SpecError(
+                    f"{where}: no split file matches {pattern!r} in {folder} "
+                    "(write them with ultradino_monai.data.splits or the dataset's 'splits' entry)"
+                )
             found += [path for path in matches if path not in found]
         return found
 
@@ -198,8 +202,11 @@ class ExperimentSpec:
         shape: dict[str, Any] = {}
         if backbone.arch_like:
             other = self.backbones[backbone.arch_like]
-            shape = checkpoint_shape(other.checkpoint) if other.checkpoint is not None else dict(
-                self.architecture(other) or {})
+            shape = (
+                checkpoint_shape(other.checkpoint)
+                if other.checkpoint is not None
+                else dict(self.architecture(other) or {})
+            )
         shape.update(backbone.arch or {})
         return shape or None
 
@@ -210,8 +217,10 @@ def checkpoint_shape(checkpoint: Path | None) -> dict[str, Any]:
         return {}
     sidecar = Path(checkpoint).with_suffix(".json")
     if not sidecar.is_file():
-        raise SpecError(f"{checkpoint}: arch_like needs the sidecar {sidecar} (the pretrain bundle writes it); "
-                        "give 'arch' explicitly for other files")
+        raise SpecError(
+            f"{checkpoint}: arch_like needs the sidecar {sidecar} (the pretrain bundle writes it); "
+            "give 'arch' explicitly for other files"
+        )
     document = json.loads(sidecar.read_text())
     arch = document.get("arch")
     if arch in (None, "custom"):

@@ -118,4 +118,3 @@ def build_backbone_from_config(config: dict[str, Any]) -> nn.Module:
     if kind not in classes:
         raise ValueError(f"unknown backbone class {kind!r}; expected one of {sorted(classes)}")
     return classes[kind](**kwargs)
-

@@ -65,9 +65,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, norm: str | None = None) -> None:
         norm_layer = _norm_layer(norm)
         layers: list[nn.Module] = [
-            nn.Conv2d(
-                in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm_layer is None
-            )
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm_layer is None)
         ]
         if norm_layer is not None:
             layers.append(norm_layer(out_channels))

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,9 +201,7 @@ class DinoVisionTransformer(VisionTransformer):
         if x.shape[1] != self.in_chans:
             raise ValueError(f"expected {self.in_chans} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
         if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
-            raise ValueError(
-                f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {self.patch_size}"
-            )
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {self.patch_size}")
 
     def interpolate_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Position embedding for a ``grid_h × grid_w`` patch grid, shape ``[1, grid_h*grid_w, D]``."""
@@ -339,8 +338,11 @@ class DinoVisionTransformer(VisionTransformer):
             if index in take:
                 outputs[index] = x
         return _split_intermediates(
-            [outputs[i] for i in take], self.norm if norm else None, 1 + self.num_register_tokens,
-            (batch, grid_h, grid_w) if reshape else None, return_class_token,
+            [outputs[i] for i in take],
+            self.norm if norm else None,
+            1 + self.num_register_tokens,
+            (batch, grid_h, grid_w) if reshape else None,
+            return_class_token,
         )
 
 
@@ -522,8 +524,7 @@ class BeitBackbone(Beit):
         if masks is not None:
             if masks.dtype != torch.bool or masks.shape[0] != x.shape[0] or masks.numel() != x.shape[0] * x.shape[1]:
                 raise ValueError(
-                    f"masks must be bool [B, N] = [{x.shape[0]}, {x.shape[1]}], "
-                    f"got {masks.dtype} {tuple(masks.shape)}"
+                    f"masks must be bool [B, N] = [{x.shape[0]}, {x.shape[1]}], got {masks.dtype} {tuple(masks.shape)}"
                 )
             x = torch.where(masks.reshape(x.shape[0], x.shape[1], 1), self.mask_token.to(x.dtype).unsqueeze(0), x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
@@ -577,6 +578,9 @@ class BeitBackbone(Beit):
             if index in take:
                 outputs[index] = x
         return _split_intermediates(
-            [outputs[i] for i in take], self.norm if norm else None, 1,
-            (batch, height // self.patch_size, width // self.patch_size) if reshape else None, return_class_token,
+            [outputs[i] for i in take],
+            self.norm if norm else None,
+            1,
+            (batch, height // self.patch_size, width // self.patch_size) if reshape else None,
+            return_class_token,
         )

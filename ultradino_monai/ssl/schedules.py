@@ -142,7 +142,12 @@ def build_dino_schedules(
 
     logger.info(
         "DINO schedules: %d iterations, peak lr %.3g (base %.3g, batch %d, scaling %s), warmup %d iterations",
-        total_iters, peak_lr, base_lr, global_batch_size, lr_scaling, warmup_iters,
+        total_iters,
+        peak_lr,
+        base_lr,
+        global_batch_size,
+        lr_scaling,
+        warmup_iters,
     )
     return DinoSchedules(
         lr=lr,

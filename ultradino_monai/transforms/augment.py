@@ -339,7 +339,11 @@ class RandUltrasoundAffined(RandomizableTransform, MapTransform):
         theta = math.radians(p["rotate"])
         scale = np.diag([s, s, 1.0])
         shear = np.array(
-            [[1.0, math.tan(math.radians(p["shear_x"])), 0.0], [math.tan(math.radians(p["shear_y"])), 1.0, 0.0], [0, 0, 1]]
+            [
+                [1.0, math.tan(math.radians(p["shear_x"])), 0.0],
+                [math.tan(math.radians(p["shear_y"])), 1.0, 0.0],
+                [0, 0, 1],
+            ]
         )
         rot = np.array([[math.cos(theta), -math.sin(theta), 0], [math.sin(theta), math.cos(theta), 0], [0, 0, 1]])
         trans = np.eye(3)
@@ -452,7 +456,12 @@ def classification_augmentation(
             RandGammad(keys=keys, prob=prob),
             RandGaussianNoiseVard(keys=keys, prob=prob),
             RandGridDistortionKeysd(
-                keys=keys, num_cells=5, prob=prob, distort_limit=(-0.3, 0.3), mode="bilinear", padding_mode=grid_padding_mode
+                keys=keys,
+                num_cells=5,
+                prob=prob,
+                distort_limit=(-0.3, 0.3),
+                mode="bilinear",
+                padding_mode=grid_padding_mode,
             ),
             RandFlipd(keys=keys, prob=prob, spatial_axis=1),
         ]

@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = fass_splits(args.datalist, args.out_dir, args.seed)
         elif args.protocol == "jnu":
             paths = jnu_splits(
-                args.datalist, args.out_dir, args.seed,
+                args.datalist,
+                args.out_dir,
+                args.seed,
                 val_includes_train_patients=args.jnu_val_includes_train_patients,
             )
         else:

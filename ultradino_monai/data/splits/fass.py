@@ -67,12 +67,25 @@ def fass_splits(
         )
         full_splits.append((training, validation))
         path = out_dir / f"full_seed{replicate}.json"
-        meta = {"kind": "full", "family": "full", **common, "replicate": replicate,
-                "protocol": f"fixed {test_fraction:.0%} patient-grouped test set; the rest split "
-                            f"{1 - val_fraction:.0%}/{val_fraction:.0%} train/val by patient"}
-        written.append((path, write_split_file(
-            path, {"training": training, "validation": validation, "test": test},
-            datalist_path=datalist, metadata=meta)))
+        meta = {
+            "kind": "full",
+            "family": "full",
+            **common,
+            "replicate": replicate,
+            "protocol": f"fixed {test_fraction:.0%} patient-grouped test set; the rest split "
+            f"{1 - val_fraction:.0%}/{val_fraction:.0%} train/val by patient",
+        }
+        written.append(
+            (
+                path,
+                write_split_file(
+                    path,
+                    {"training": training, "validation": validation, "test": test},
+                    datalist_path=datalist,
+                    metadata=meta,
+                ),
+            )
+        )
 
     groups = group_by_patient(pool)
     reachable = sum(min(len(g), fewshot_max_per_patient or len(g)) for g in groups.values())
@@ -93,13 +106,27 @@ def fass_splits(
         if not validation:
             raise SplitError("few-shot draw left no validation patients; the pool is too small")
         path = out_dir / f"fewshot_n{fewshot_images}_draw{draw}.json"
-        meta = {"kind": f"fewshot_n{fewshot_images}", "family": "fewshot", **common, "draw": draw,
-                "protocol": f"{fewshot_images} training images from randomly ordered non-test patients, at most "
-                            f"{fewshot_max_per_patient or 'all'} per patient; validation = all non-test images "
-                            "of the other patients; the training patients' other images are unused"}
-        written.append((path, write_split_file(
-            path, {"training": training, "validation": validation, "test": test},
-            datalist_path=datalist, metadata=meta, unused=unused)))
+        meta = {
+            "kind": f"fewshot_n{fewshot_images}",
+            "family": "fewshot",
+            **common,
+            "draw": draw,
+            "protocol": f"{fewshot_images} training images from randomly ordered non-test patients, at most "
+            f"{fewshot_max_per_patient or 'all'} per patient; validation = all non-test images "
+            "of the other patients; the training patients' other images are unused",
+        }
+        written.append(
+            (
+                path,
+                write_split_file(
+                    path,
+                    {"training": training, "validation": validation, "test": test},
+                    datalist_path=datalist,
+                    metadata=meta,
+                    unused=unused,
+                ),
+            )
+        )
 
     for replicate, (full_training, validation) in enumerate(full_splits):
         train_groups = group_by_patient(full_training)
@@ -110,14 +137,27 @@ def fass_splits(
             keep = set(order[: max(1, _round_half_up(percent / 100 * len(order)))])
             training = [dict(item) for item in full_training if item["patient"] in keep]
             path = out_dir / f"label_efficiency_p{percent}_seed{replicate}.json"
-            meta = {"kind": f"label_efficiency_p{percent}", "family": "label_efficiency", **common,
-                    "replicate": replicate, "percent": percent,
-                    "training_image_fraction": round(len(training) / len(full_training), 6),
-                    "protocol": f"{percent}% of the training patients of full_seed{replicate} (nested across "
-                                "percentages), same validation and test"}
-            written.append((path, write_split_file(
-                path, {"training": training, "validation": validation, "test": test},
-                datalist_path=datalist, metadata=meta)))
+            meta = {
+                "kind": f"label_efficiency_p{percent}",
+                "family": "label_efficiency",
+                **common,
+                "replicate": replicate,
+                "percent": percent,
+                "training_image_fraction": round(len(training) / len(full_training), 6),
+                "protocol": f"{percent}% of the training patients of full_seed{replicate} (nested across "
+                "percentages), same validation and test",
+            }
+            written.append(
+                (
+                    path,
+                    write_split_file(
+                        path,
+                        {"training": training, "validation": validation, "test": test},
+                        datalist_path=datalist,
+                        metadata=meta,
+                    ),
+                )
+            )
 
     paths = [path for path, _ in written]
     paths.append(_write_index(out_dir, common["dataset"], seed, written))

@@ -62,9 +62,7 @@ def write_split_file(
         check_patient_disjoint(
             {name: items for name, items in sections.items() if name != "validation"}, where=str(path)
         )
-        check_patient_disjoint(
-            {name: items for name, items in sections.items() if name != "training"}, where=str(path)
-        )
+        check_patient_disjoint({name: items for name, items in sections.items() if name != "training"}, where=str(path))
     split_dir = os.path.abspath(path.parent)
     datalist_dir = os.path.abspath(datalist_path.parent)
     document_source = read_datalist(datalist_path)
@@ -102,9 +100,13 @@ def _write_index(out_dir: Path, dataset: str, seed: int, written: list[tuple[Pat
         "dataset": dataset,
         "seed": seed,
         "files": [
-            {"file": path.name, "kind": doc["split"]["kind"], "family": doc["split"]["family"],
-             **{key: doc["split"][key] for key in ("draw", "replicate") if key in doc["split"]},
-             "counts": doc["split"]["counts"]}
+            {
+                "file": path.name,
+                "kind": doc["split"]["kind"],
+                "family": doc["split"]["family"],
+                **{key: doc["split"][key] for key in ("draw", "replicate") if key in doc["split"]},
+                "counts": doc["split"]["counts"],
+            }
             for path, doc in written
         ],
     }

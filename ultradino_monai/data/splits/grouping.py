@@ -30,7 +30,7 @@ def stable_order(keys: Iterable[str], *salt: Any) -> list[str]:
     prefix = "|".join(str(part) for part in salt)
 
     def digest(key: str) -> str:
-        return hashlib.sha256(f"{prefix}|{key}".encode("utf-8")).hexdigest()
+        return hashlib.sha256(f"{prefix}|{key}".encode()).hexdigest()
 
     return sorted(keys, key=lambda key: (digest(key), key))
 

@@ -44,12 +44,25 @@ def holdout_splits(
             pool, (1 - val_fraction, val_fraction), seed, by="images", salt=("holdout", "full", replicate)
         )
         path = out_dir / f"full_seed{replicate}.json"
-        meta = {"kind": "full", "family": "full", **common, "replicate": replicate,
-                "protocol": f"the datalist's test section as test; the rest split "
-                            f"{1 - val_fraction:.0%}/{val_fraction:.0%} train/val by patient"}
-        written.append((path, write_split_file(
-            path, {"training": training, "validation": validation, "test": test},
-            datalist_path=datalist, metadata=meta)))
+        meta = {
+            "kind": "full",
+            "family": "full",
+            **common,
+            "replicate": replicate,
+            "protocol": f"the datalist's test section as test; the rest split "
+            f"{1 - val_fraction:.0%}/{val_fraction:.0%} train/val by patient",
+        }
+        written.append(
+            (
+                path,
+                write_split_file(
+                    path,
+                    {"training": training, "validation": validation, "test": test},
+                    datalist_path=datalist,
+                    metadata=meta,
+                ),
+            )
+        )
     paths = [path for path, _ in written]
     paths.append(_write_index(out_dir, common["dataset"], seed, written))
     return paths

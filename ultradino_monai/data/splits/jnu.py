@@ -62,9 +62,7 @@ def jnu_splits(
         )
     for draw in range(num_draws):
         order = stable_order(groups, "jnu", "fewshot", draw, seed)[:fewshot_patients]
-        chosen, train_patients = _take_images(
-            groups, order, None, fewshot_max_images, ("jnu", "fewshot", draw, seed)
-        )
+        chosen, train_patients = _take_images(groups, order, None, fewshot_max_images, ("jnu", "fewshot", draw, seed))
         chosen_images = {item["image"] for item in chosen}
         training = _in_order(pool, chosen)
         if val_includes_train_patients:
@@ -74,28 +72,57 @@ def jnu_splits(
             validation = [dict(item) for item in pool if item["patient"] not in train_patients]
             unused = [item for item in pool if item["patient"] in train_patients and item["image"] not in chosen_images]
         path = out_dir / f"fewshot_p{fewshot_patients}_draw{draw}.json"
-        val_rule = ("all non-test images not used for training (training patients' other frames included)"
-                    if val_includes_train_patients else
-                    "all non-test images of the other patients; the training patients' other frames are unused")
-        meta = {"kind": f"fewshot_p{fewshot_patients}", "family": "fewshot", **common, "draw": draw,
-                "protocol": f"{fewshot_patients} randomly drawn non-test patients, at most {fewshot_max_images} "
-                            f"random frames each; validation = {val_rule}"}
-        written.append((path, write_split_file(
-            path, {"training": training, "validation": validation, "test": test},
-            datalist_path=datalist, metadata=meta, unused=unused,
-            patient_grouped=not val_includes_train_patients)))
+        val_rule = (
+            "all non-test images not used for training (training patients' other frames included)"
+            if val_includes_train_patients
+            else "all non-test images of the other patients; the training patients' other frames are unused"
+        )
+        meta = {
+            "kind": f"fewshot_p{fewshot_patients}",
+            "family": "fewshot",
+            **common,
+            "draw": draw,
+            "protocol": f"{fewshot_patients} randomly drawn non-test patients, at most {fewshot_max_images} "
+            f"random frames each; validation = {val_rule}",
+        }
+        written.append(
+            (
+                path,
+                write_split_file(
+                    path,
+                    {"training": training, "validation": validation, "test": test},
+                    datalist_path=datalist,
+                    metadata=meta,
+                    unused=unused,
+                    patient_grouped=not val_includes_train_patients,
+                ),
+            )
+        )
 
     for replicate in range(num_seeds):
         training, validation = patient_grouped_split(
             pool, (1 - val_fraction, val_fraction), seed, by="images", salt=("jnu", "full", replicate)
         )
         path = out_dir / f"full_seed{replicate}.json"
-        meta = {"kind": "full", "family": "full", **common, "replicate": replicate,
-                "protocol": f"fixed patient-grouped test set ({test_fraction:.0%} of patients); the rest split "
-                            f"{1 - val_fraction:.0%}/{val_fraction:.0%} train/val by patient"}
-        written.append((path, write_split_file(
-            path, {"training": training, "validation": validation, "test": test},
-            datalist_path=datalist, metadata=meta)))
+        meta = {
+            "kind": "full",
+            "family": "full",
+            **common,
+            "replicate": replicate,
+            "protocol": f"fixed patient-grouped test set ({test_fraction:.0%} of patients); the rest split "
+            f"{1 - val_fraction:.0%}/{val_fraction:.0%} train/val by patient",
+        }
+        written.append(
+            (
+                path,
+                write_split_file(
+                    path,
+                    {"training": training, "validation": validation, "test": test},
+                    datalist_path=datalist,
+                    metadata=meta,
+                ),
+            )
+        )
 
     paths = [path for path, _ in written]
     paths.append(_write_index(out_dir, common["dataset"], seed, written))

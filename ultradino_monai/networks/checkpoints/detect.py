@@ -88,7 +88,7 @@ def _select_backbone(
             raise CheckpointError(f"{path}: several backbones in one file ({anchors}); cannot choose")
         anchors = teacher
     prefix = anchors[0][: -len(_ANCHOR)]
-    backbone = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+    backbone = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
     dropped: dict[str, list[str]] = {}
     unexpected = []
     for key in weights:

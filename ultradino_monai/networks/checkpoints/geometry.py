@@ -35,7 +35,10 @@ def _check_sidecar_geometry(
     sidecar: dict, embed_dim: int, depth: int, patch_size: int, chans: int, registers: int, path: Path
 ) -> None:
     found = {
-        "embed_dim": embed_dim, "depth": depth, "patch_size": patch_size, "in_chans": chans,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "patch_size": patch_size,
+        "in_chans": chans,
         "num_register_tokens": registers,
     }
     conflicts = {key: (sidecar[key], value) for key, value in found.items() if sidecar[key] != value}

@@ -96,7 +96,16 @@ def load_backbone(
     if in_chans not in (1, 3):
         raise CheckpointError(f"in_chans must be 1 or 3, got {in_chans}")
     if checkpoint is None:
-        return _scratch(arch, in_chans, 224 if img_size is None else img_size, drop_path_rate, num_register_tokens, mean, std, overrides)
+        return _scratch(
+            arch,
+            in_chans,
+            224 if img_size is None else img_size,
+            drop_path_rate,
+            num_register_tokens,
+            mean,
+            std,
+            overrides,
+        )
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -111,9 +120,7 @@ def load_backbone(
     if source == "auto":
         source = detected
     elif (source == "usfm") != is_beit:
-        raise CheckpointError(
-            f"{path}: source={source!r} was requested but the keys say {detected!r} ({reason})"
-        )
+        raise CheckpointError(f"{path}: source={source!r} was requested but the keys say {detected!r} ({reason})")
     info: dict[str, Any] = {
         "path": str(path),
         "sha256": digest,
@@ -132,13 +139,30 @@ def load_backbone(
         )
     else:
         model, mean_t, std_t = _load_vit(
-            backbone, path, info, source, sidecar, arch, in_chans, img_size, drop_path_rate,
-            num_register_tokens, mean, std, overrides,
+            backbone,
+            path,
+            info,
+            source,
+            sidecar,
+            arch,
+            in_chans,
+            img_size,
+            drop_path_rate,
+            num_register_tokens,
+            mean,
+            std,
+            overrides,
         )
     model.eval()
     logger.info(
         "loaded %s backbone from %s (%s, %d blocks, D=%d, %d register(s), in_chans=%d); dropped: %s",
-        source, path, info["arch"], info["depth"], info["embed_dim"], info["num_register_tokens"], in_chans,
+        source,
+        path,
+        info["arch"],
+        info["depth"],
+        info["embed_dim"],
+        info["num_register_tokens"],
+        in_chans,
         {rule: len(keys) for rule, keys in dropped.items()} or "nothing",
     )
     return LoadedBackbone(model=model, source=source, mean=mean_t, std=std_t, in_chans=in_chans, info=info)
@@ -166,8 +190,16 @@ def _scratch(
         **overrides,
     )
     mean_t, std_t = _resolve_normalisation(in_chans, mean, std, default_source="ultradino")
-    info = {"path": None, "sha256": None, "source": "scratch", "detected_by": "checkpoint=None", **model.config(),
-            "dropped": {}, "initialised": {}, "channel_adaptation": "none"}
+    info = {
+        "path": None,
+        "sha256": None,
+        "source": "scratch",
+        "detected_by": "checkpoint=None",
+        **model.config(),
+        "dropped": {},
+        "initialised": {},
+        "channel_adaptation": "none",
+    }
     model.eval()
     logger.info("built a randomly initialised %s backbone (scratch baseline)", model.arch)
     return LoadedBackbone(model=model, source="scratch", mean=mean_t, std=std_t, in_chans=in_chans, info=info)

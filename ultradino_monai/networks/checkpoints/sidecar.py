@@ -28,8 +28,17 @@ logger = logging.getLogger(__name__)
 SIDECAR_FORMAT = "ultradino_monai.backbone"
 SIDECAR_VERSION = 1
 _SIDECAR_REQUIRED = (
-    "arch", "patch_size", "in_chans", "num_register_tokens", "embed_dim", "depth",
-    "num_heads", "init_values", "img_size", "mean", "std",
+    "arch",
+    "patch_size",
+    "in_chans",
+    "num_register_tokens",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "init_values",
+    "img_size",
+    "mean",
+    "std",
 )
 
 

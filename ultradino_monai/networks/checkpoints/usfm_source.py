@@ -140,9 +140,19 @@ def _load_beit(
     generated = tuple(key for key in persistent if key.endswith("relative_position_index")) + ("mask_token",)
     _strict_load(model, state, info, path, generated=generated)
     info.update(
-        arch=model.arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size,
-        mlp_ratio=mlp_ratio, num_register_tokens=0, file_num_register_tokens=0, layer_scale=has_layer_scale,
-        file_in_chans=file_chans, in_chans=in_chans, grid=list(target),
-        file_grid=list(file_grid) if file_grid else None, pos_embed_resampled=resized,
+        arch=model.arch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        patch_size=patch_size,
+        mlp_ratio=mlp_ratio,
+        num_register_tokens=0,
+        file_num_register_tokens=0,
+        layer_scale=has_layer_scale,
+        file_in_chans=file_chans,
+        in_chans=in_chans,
+        grid=list(target),
+        file_grid=list(file_grid) if file_grid else None,
+        pos_embed_resampled=resized,
     )
     return model, mean_t, std_t

@@ -33,7 +33,13 @@ _BACKBONE_HEAD = re.compile(r"^(head|pre_logits)\.")
 _CHUNKED_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
 _LAYER_SCALE = re.compile(r"^(blocks\.\d+)\.gamma_([12])$")
 _VIT_OVERRIDES = (
-    "num_heads", "embed_dim", "depth", "mlp_ratio", "drop_path_uniform", "interpolate_offset", "interpolate_antialias",
+    "num_heads",
+    "embed_dim",
+    "depth",
+    "mlp_ratio",
+    "drop_path_uniform",
+    "interpolate_offset",
+    "interpolate_antialias",
 )
 
 
@@ -91,8 +97,12 @@ def _load_vit(
     info["pos_embed_resampled"] = tuple(grid) != target
     if tuple(grid) != target:
         state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], new_size=target, old_size=grid, num_prefix_tokens=0,
-            interpolation="bicubic", antialias=True,
+            state["pos_embed"],
+            new_size=target,
+            old_size=grid,
+            num_prefix_tokens=0,
+            interpolation="bicubic",
+            antialias=True,
         )
         logger.info("%s: resampled pos_embed from %s to %s", path.name, grid, target)
 
@@ -116,10 +126,20 @@ def _load_vit(
     )
     _strict_load(model, state, info, path, generated=("mask_token",))
     info.update(
-        arch=arch_name, embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size,
-        mlp_ratio=mlp_ratio, num_register_tokens=registers, file_num_register_tokens=file_registers,
-        layer_scale=has_layer_scale, file_in_chans=file_chans, in_chans=in_chans, grid=list(target),
-        interpolate_offset=model.interpolate_offset, interpolate_antialias=model.interpolate_antialias,
+        arch=arch_name,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        patch_size=patch_size,
+        mlp_ratio=mlp_ratio,
+        num_register_tokens=registers,
+        file_num_register_tokens=file_registers,
+        layer_scale=has_layer_scale,
+        file_in_chans=file_chans,
+        in_chans=in_chans,
+        grid=list(target),
+        interpolate_offset=model.interpolate_offset,
+        interpolate_antialias=model.interpolate_antialias,
     )
     return model, mean_t, std_t
 

@@ -247,7 +247,9 @@ class ScaleIntensityByDtype(Transform):
                 if not self._warned:
                     logger.warning(
                         "float image values span [%.4g, %.4g]; clipping to [0, 1] (float inputs must be on the "
-                        "[0, 1] scale)", float(out.min()), float(out.max())
+                        "[0, 1] scale)",
+                        float(out.min()),
+                        float(out.max()),
                     )
                     self._warned = True
                 out = out.clamp(0.0, 1.0)
@@ -262,7 +264,6 @@ class ScaleIntensityByDtype(Transform):
             f"cannot scale a {dtype} image by its dtype range (only uint8, uint16, bool and [0, 1] floats); "
             "pass max_value (e.g. 4095 for 12-bit data) or convert the data"
         )
-
 
 
 class ToSingleChannel(Transform):
@@ -360,9 +361,7 @@ class AntialiasedResize(Resize):
         data = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
         if orig_size != out_size:
             use_aa = self.antialias and mode in ("bilinear", "bicubic")
-            data = F.interpolate(
-                data[None], size=out_size, mode=mode, align_corners=align_corners, antialias=use_aa
-            )[0]
+            data = F.interpolate(data[None], size=out_size, mode=mode, align_corners=align_corners, antialias=use_aa)[0]
         else:
             data = data.clone()
         if isinstance(img, MetaTensor):

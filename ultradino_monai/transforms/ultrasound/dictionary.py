@@ -38,7 +38,9 @@ class LoadUltrasoundImaged(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         flags = ensure_tuple_rep(as_label, len(self.keys))
-        self.loaders = {key: LoadUltrasoundImage(as_label=flag, channel_dim=channel_dim) for key, flag in zip(self.keys, flags)}
+        self.loaders = {
+            key: LoadUltrasoundImage(as_label=flag, channel_dim=channel_dim) for key, flag in zip(self.keys, flags)
+        }
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

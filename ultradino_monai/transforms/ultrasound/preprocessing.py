@@ -80,7 +80,9 @@ def ultrasound_preprocessing(
     if image_key is not None and map_key is not None:
         transforms.append(CheckSpatialShapesd(keys=[image_key, map_key], allow_missing_keys=allow_missing_label))
     transforms.append(
-        AntialiasedResized(keys=load_keys, spatial_size=spatial_size, mode=modes, allow_missing_keys=allow_missing_label)
+        AntialiasedResized(
+            keys=load_keys, spatial_size=spatial_size, mode=modes, allow_missing_keys=allow_missing_label
+        )
     )
     if map_key is not None:
         transforms.append(CastToTyped(keys=map_key, dtype=label_dtype, allow_missing_keys=allow_missing_label))
