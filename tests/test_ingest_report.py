@@ -11,7 +11,6 @@ import csv
 import importlib.util
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -208,9 +207,7 @@ def _chromium():
     from chromium_cdp import CHROMIUM, Chromium
 
     if CHROMIUM is None:
-        if os.environ.get("ULTRADINO_SKIP_BROWSER_TESTS") == "1":
-            pytest.skip("chromium not installed and ULTRADINO_SKIP_BROWSER_TESTS=1")
-        pytest.fail("chromium not installed: apt-get install -y chromium (or set ULTRADINO_SKIP_BROWSER_TESTS=1)")
+        pytest.fail("chromium not installed: apt-get install -y chromium")
     return Chromium
 
 
