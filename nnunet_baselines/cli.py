@@ -67,7 +67,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "--trainer",
         default="nnUNetTrainer",
         help="nnU-Net trainer class (default nnUNetTrainer, 1000 epochs); e.g. nnUNetTrainer_5epochs, "
-        "nnUNetTrainer_UltraDINOShort",
+        "nnUNetTrainer_UltraDINOShort, or nnUNetTrainer_UltraDINOBudget_<epochs>x<iterations>_b<batch> "
+        "(nnU-Net's trainer on that budget: 8x25_b8 = 200 steps at batch 8)",
     )
     parser.add_argument("--plans", default=None, help="plans identifier (default: the one `plan` made)")
 

@@ -7,6 +7,7 @@ machinery on short command jobs; the slow test runs real (tiny) linear-probe bun
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -20,12 +21,14 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from scipy import stats
 
 from ultradino_monai.evaluation.aggregate import make_record, write_result
 from ultradino_monai.experiments import plan as grid_plan
 from ultradino_monai.experiments import runner as grid
 from ultradino_monai.experiments.parse import load_spec, parse_spec
 from ultradino_monai.experiments.prepare import prepare_datasets
+from ultradino_monai.experiments.readme import BEGIN, END
 from ultradino_monai.experiments.report import label_efficiency_points, load_cell_records, render_report
 from ultradino_monai.experiments.spec import SpecError
 
@@ -478,12 +481,157 @@ def test_report_numbers_equal_hand_computed_mean_and_sem(planned, tmp_path):
     assert ultradino[100.0][0] == pytest.approx(0.82) and ultradino[100.0][1] == pytest.approx(0.02)
     assert ultradino[10.0] == (pytest.approx(0.55), 0.0, 1)
     # every figure is a real PNG of a sensible size
-    assert set(outputs["figures"]) == {"label_efficiency", "fewshot_bars", "attention"}
+    assert set(outputs["figures"]) == {"label_efficiency", "fewshot_bars", "attention", "paired_differences"}
     for path in outputs["figures"].values():
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 300
     report = (spec.results_dir / "report" / "report.md").read_text()
     assert "![attention](attention.png)" in report and "61.00 ± 4.20" in report
+
+
+def _t_interval(differences):
+    """Hand computation of the 95 % t interval: mean ± t_{0.975, n-1} · sd / √n."""
+    d = np.array(differences, dtype=float)
+    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
+def test_report_verdicts_equal_hand_computed_paired_intervals(planned, tmp_path, capsys):
+    spec, jobs = planned
+    cells = {job.job_id: job for job in jobs if job.kind == "cell"}
+    values = {
+        # few-shot: every pair +0.08 to +0.10 -> ahead
+        "fewshot/pre/fewshot_n2_draw0_seed0": 0.50,
+        "fewshot/pre/fewshot_n2_draw0_seed1": 0.60,
+        "fewshot/pre/fewshot_n2_draw1_seed0": 0.70,
+        "fewshot/pre/fewshot_n2_draw1_seed1": 0.64,
+        "fewshot/rnd/fewshot_n2_draw0_seed0": 0.40,
+        "fewshot/rnd/fewshot_n2_draw0_seed1": 0.52,
+        "fewshot/rnd/fewshot_n2_draw1_seed0": 0.61,
+        "fewshot/rnd/fewshot_n2_draw1_seed1": 0.55,
+        # full: pre - unet = +0.05, -0.02 -> within noise; pre - rnd = -0.10, -0.09 -> behind
+        "full/pre/full_seed0_seed0": 0.80,
+        "full/pre/full_seed1_seed1": 0.84,
+        "full/unet/full_seed0_seed0": 0.75,
+        "full/unet/full_seed1_seed1": 0.86,
+        "full/rnd/full_seed0_seed0": 0.90,
+        "full/rnd/full_seed1_seed1": 0.93,
+        # label efficiency p10: one pair only -> no interval, within noise
+        "label_eff/pre/label_efficiency_p10_seed0_seed0": 0.55,
+        "label_eff/rnd/label_efficiency_p10_seed0_seed0": 0.35,
+    }
+    for job_id, value in values.items():
+        write_result(cells[job_id].result_path, _record(cells[job_id], value))
+    grid_plan.write_experiment_snapshot(spec, jobs)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\nprose before\n{BEGIN}\nold numbers: ahead by miles\n{END}\nprose after\n")
+
+    from ultradino_monai.experiments.__main__ import main
+
+    assert main(["report", str(spec.results_dir), "--no_attention", "--readme", str(readme)]) == 0
+    printed = capsys.readouterr().out
+
+    rows = {
+        (r["task"], r["split_kind"], r["baseline_backbone"]): r
+        for r in csv.DictReader((spec.results_dir / "report" / "verdicts.csv").open())
+    }
+    assert set(rows) == {
+        ("fewshot", "fewshot_n2", "rnd"),
+        ("full", "full", "rnd"),
+        ("full", "full", "unet"),
+        ("label_eff", "label_efficiency_p10", "rnd"),
+    }
+    expected = {
+        ("fewshot", "fewshot_n2", "rnd"): ([0.10, 0.08, 0.09, 0.09], "ahead"),
+        ("full", "full", "rnd"): ([-0.10, -0.09], "behind"),
+        ("full", "full", "unet"): ([0.05, -0.02], "within noise"),
+    }
+    for key, (differences, verdict) in expected.items():
+        mean, low, high = _t_interval(differences)
+        row = rows[key]
+        assert int(row["n"]) == len(differences) and row["verdict"] == verdict
+        assert float(row["mean_difference"]) == pytest.approx(mean)
+        assert float(row["low"]) == pytest.approx(low) and float(row["high"]) == pytest.approx(high)
+    # by hand, without scipy: t_{0.975, 1} = 12.706205; pre - rnd on full: -0.095 ± 12.706205 · 0.005
+    assert float(rows[("full", "full", "rnd")]["high"]) == pytest.approx(-0.095 + 12.706205 * 0.005, abs=1e-6)
+    single = rows[("label_eff", "label_efficiency_p10", "rnd")]
+    assert single["n"] == "1" and single["verdict"] == "within noise" and single["low"] == "-inf"
+    # every comparison row states both arms' budgets (the Short trainer is nnU-Net's own schedule: not matched)
+    assert rows[("fewshot", "fewshot_n2", "rnd")]["treatment_budget"] == "3 steps × batch 8"
+    assert rows[("full", "full", "rnd")]["matched_by"] == "none"
+    assert rows[("full", "full", "unet")]["baseline_budget"].startswith("nnUNetTrainer_UltraDINOShort")
+    # the same words in verdicts.md, report.md, the printout and the README block; prose outside untouched
+    ahead_line = (
+        "| FASS (n=2) | fewshot_n2 | UltraDINO (tiny) | scratch (tiny) | 4 | +9.00 | [+7.70, +10.30] | **ahead** |"
+    )
+    assert _t_interval([0.10, 0.08, 0.09, 0.09])[1] == pytest.approx(0.0770, abs=5e-5)
+    for text in (
+        (spec.results_dir / "report" / "verdicts.md").read_text(),
+        (spec.results_dir / "report" / "report.md").read_text(),
+        printed,
+        readme.read_text(),
+    ):
+        assert ahead_line in text
+        assert "| FASS (full) | full | UltraDINO (tiny) | nnUNet (UNet) | 2 | +1.50 |" in text
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# Project\n\nprose before\n") and "prose after" in text
+    assert "python -m ultradino_monai.experiments report" in text
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    with Image.open(spec.results_dir / "report" / "paired_differences.png") as image:
+        assert image.format == "PNG" and image.size[1] > 200
+
+
+@pytest.mark.parametrize(
+    "steps, schedule",
+    [(200, (8, 25)), (60, (3, 20)), (7, (1, 7)), (1, (1, 1)), (2503, (101, 25)), (101, (5, 25)), (2000, (80, 25))],
+)
+def test_nnunet_schedule_splits_steps_into_epochs(steps, schedule):
+    from ultradino_monai.experiments.budget import nnunet_schedule
+
+    assert nnunet_schedule(steps) == schedule
+    epochs, per_epoch = schedule
+    # exact unless steps has no divisor that keeps the epochs at most 100 (then rounded up by < 25 steps)
+    assert 0 <= epochs * per_epoch - steps < 25 and per_epoch <= 25
+
+
+def test_matched_budget_gives_nnunet_the_vit_steps_x_batch(tiny, tmp_path):
+    document = _document(tiny, tmp_path / "results")
+    document["backbones"]["unet"] = {"kind": "nnunet", "budget": "matched", "device": "cpu"}
+    document["tasks"]["full"]["overrides"] = {"max_iterations": 60, "batch_size": 4}
+    document["tasks"]["label_eff"]["budget"] = {"match": "wall_clock", "nnunet_steps": 50, "note": "measured"}
+    spec = parse_spec(document)
+    prepare_datasets(spec)
+    jobs = grid_plan.plan_jobs(spec)
+    trainers = {}
+    for job in jobs:
+        if job.kind == "cell" and job.backbone == "unet":
+            argv = job.description["stages"][0]["argv"]
+            trainers.setdefault(job.task, set()).add(argv[argv.index("--trainer") + 1])
+    # full: 60 steps x batch 4 = 3 epochs x 20; label_eff: wall-clock, 50 steps at the bundle's batch 8
+    assert trainers == {
+        "full": {"nnUNetTrainer_UltraDINOBudget_3x20_b4"},
+        "label_eff": {"nnUNetTrainer_UltraDINOBudget_2x25_b8"},
+    }
+    wall = grid_plan.arm_budgets(spec, spec.tasks["label_eff"])
+    assert wall["matched_by"] == "wall-clock (measured)"
+    assert wall["arms"]["pre"] == "200 steps × batch 8" and wall["arms"]["unet"].startswith("50 steps × batch 8")
+    budget = grid_plan.arm_budgets(spec, spec.tasks["full"])
+    assert budget["matched_by"] == "steps x batch"
+    assert budget["arms"]["pre"] == "60 steps × batch 4"
+    assert budget["arms"]["unet"] == "60 steps × batch 4 (3 epochs × 20, nnUNetTrainer_UltraDINOBudget_3x20_b4)"
+    assert grid_plan.arm_budgets(spec, spec.tasks["ft"]) == {
+        "matched_by": "recipe",
+        "arms": {"pre": "6 epochs × batch 16", "rnd": "6 epochs × batch 16"},
+    }
+    # a ViT arm that trains longer than the others breaks the match, and the report says so
+    document["backbones"]["pre"]["overrides"] = {"segmentation": {"max_iterations": 80}}
+    assert grid_plan.arm_budgets(parse_spec(document), spec.tasks["full"])["matched_by"] == "none"
+    with pytest.raises(SpecError, match=r"match 'wall_clock' needs nnunet_steps"):
+        document["tasks"]["full"]["budget"] = {"match": "wall_clock"}
+        parse_spec(document)
+    document["tasks"]["full"].pop("budget")
+    with pytest.raises(SpecError, match="budget must be 'matched'"):
+        parse_spec({**document, "backbones": {**document["backbones"], "unet": {"kind": "nnunet", "budget": 3}}})
 
 
 # ------------------------------------------------------------------- slow: kill + rerun

@@ -168,6 +168,27 @@ def test_short_trainer_is_found_through_ext_trainer(tmp_path, clean_env):
         recursive_find_trainer_class_by_name("nnUNetTrainer_DoesNotExist")
 
 
+def test_budget_trainer_is_built_from_its_name(tmp_path, clean_env):
+    from nnunet_baselines.environment import configure_environment
+
+    configure_environment(tmp_path)
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from ultradino_monai.experiments.budget import StepBudget, budget_trainer_name
+
+    name = budget_trainer_name(StepBudget(steps=200, batch=8))
+    assert name == "nnUNetTrainer_UltraDINOBudget_8x25_b8"
+    trainer = recursive_find_trainer_class_by_name(name)
+    assert issubclass(trainer, nnUNetTrainer) and trainer.__name__ == name
+    assert (trainer.BUDGET_EPOCHS, trainer.BUDGET_ITERATIONS, trainer.BUDGET_BATCH) == (8, 25, 8)
+    other = recursive_find_trainer_class_by_name("nnUNetTrainer_UltraDINOBudget_3x20_b4")
+    assert (other.BUDGET_EPOCHS, other.BUDGET_ITERATIONS, other.BUDGET_BATCH) == (3, 20, 4)
+    for bad in ("nnUNetTrainer_UltraDINOBudget_8x25", "nnUNetTrainer_UltraDINOBudget_0x25_b8"):
+        with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
+            recursive_find_trainer_class_by_name(bad)
+
+
 # ------------------------------------------------------------------ scoring parity
 def _hand_made_predictions(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Deterministic, imperfect predictions: shift the truth, drop 'stomach', paint a block of 'vein'."""

@@ -1,7 +1,8 @@
-"""nnU-Net baseline end to end on the tiny FASS-like demo at 64 x 64 (CPU, short trainer).
+"""nnU-Net baseline end to end on the tiny FASS-like demo at 64 x 64 (CPU, a 2 x 2-step budget trainer).
 
 One ``python -m nnunet_baselines run`` (export -> plan with integrity check -> train
-``nnUNetTrainer_UltraDINOShort`` (2 epochs x 2 iterations) -> checkpoint choice on val ->
+``nnUNetTrainer_UltraDINOBudget_2x2_b2`` (2 epochs x 2 iterations at batch 2, the budget read
+from the name as the experiment grid's equal-budget arms do) -> checkpoint choice on val ->
 predict test -> score -> compare) in a subprocess, so nnunetv2 reads the environment the
 harness sets. The checks afterwards run in this process on the files it wrote.
 """
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATASET_ID = 911
 NAME = "DemoFASS"
 FOLDER = f"Dataset{DATASET_ID}_{NAME}"
-TRAINER = "nnUNetTrainer_UltraDINOShort"
+TRAINER = "nnUNetTrainer_UltraDINOBudget_2x2_b2"
 MODEL_TAG = f"{TRAINER}__nnUNetPlans__2d"
 SIZE = 64
 NUM_CLASSES = 5
@@ -173,6 +174,19 @@ def test_score_record_matches_schema_and_metric(pipeline):
     assert record["metrics"]["foreground_dice"] == pytest.approx(dice["foreground_mean"], abs=1e-12)
     comparison = (pipeline["workdir"] / "comparison" / "comparison.md").read_text()
     assert f"nnUNet (PlainConvUNet_2d) [reduced budget: {TRAINER}/2ep]" in comparison
+
+
+def test_the_trainer_ran_the_budget_in_its_name(pipeline):
+    # nnU-Net's own record of the trainer's attributes after initialisation (fold_k/debug.json)
+    import torch
+
+    fold = pipeline["workdir"] / "nnUNet_results" / FOLDER / MODEL_TAG / "fold_0"
+    debug = json.loads((fold / "debug.json").read_text())
+    assert debug["num_epochs"] == "2" and debug["num_iterations_per_epoch"] == "2"
+    assert debug["batch_size"] == "2" and debug["num_val_iterations_per_epoch"] == "5"
+    assert debug["oversample_foreground_percent"] == "0.33"  # nnU-Net's default sampling is kept
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER and checkpoint["current_epoch"] == 2
 
 
 def test_tampered_splits_are_refused(pipeline, env_restored):

@@ -4,7 +4,8 @@
   [--dry_run]``: run every cell of the grid that has no result yet; prints a progress line per
   event and a summary at the end. Exit code 0 when every selected cell has a result, 1 when
   some failed, 130 when interrupted (rerun the same command to resume), 2 for a bad file.
-* ``report RESULTS_DIR [--out DIR] [--no_attention]``: Table 1 (Markdown + CSV) and figures.
+* ``report RESULTS_DIR [--out DIR] [--no_attention] [--readme README.md]``: Table 1 (Markdown + CSV),
+  budgets, paired verdicts and figures; ``--readme`` replaces the README's generated results block.
 * ``status RESULTS_DIR``: done / running / failed / pending cells.
 """
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results_dir")
     report.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/report)")
     report.add_argument("--no_attention", action="store_true", help="skip the attention-map figure")
+    report.add_argument(
+        "--readme", default=None, help="replace this file's generated results block (README.md) with the report's"
+    )
     status = commands.add_parser("status", help="done / running / failed / pending cells of a results folder")
     status.add_argument("results_dir")
     status.add_argument("--json", action="store_true", help="print the full status as JSON")
@@ -81,6 +85,7 @@ def _run(args) -> int:
 
         outputs = render_report(spec.results_dir)
         print(outputs["table1"])
+        print(outputs["verdicts"])
         print(f"report: {outputs['report_md']}")
     return 1 if summary.failed else 0
 
@@ -88,13 +93,18 @@ def _run(args) -> int:
 def _report(args) -> int:
     from ultradino_monai.experiments.report import render_report
 
-    outputs = render_report(args.results_dir, args.out, attention=not args.no_attention)
+    outputs = render_report(args.results_dir, args.out, attention=not args.no_attention, readme=args.readme)
     print(outputs["table1"])
+    print(outputs["budgets"])
+    print(outputs["verdicts"])
     print(f"{outputs['records']} of {outputs['cells']} cells have results")
     for name, path in outputs["figures"].items():
         print(f"{name}: {path}")
     print(f"table: {outputs['table1_md']}" + (f", {outputs['table1_csv']}" if "table1_csv" in outputs else ""))
+    print(f"verdicts: {outputs['verdicts_md']}, {outputs['verdicts_csv']}")
     print(f"report: {outputs['report_md']}")
+    if "readme" in outputs:
+        print(f"results block of {outputs['readme']} replaced")
     return 0
 
 

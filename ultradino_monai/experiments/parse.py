@@ -165,12 +165,18 @@ def _parse_backbone(name: str, entry: Any, base: Path) -> BackboneSpec:
                 "disable_tta",
                 "processes",
                 "no_compile",
+                "budget",
             ),
             where,
         )
+        if entry.get("budget") not in (None, "matched"):
+            raise SpecError(f"{where}.budget must be 'matched' (the ViT arms' steps x batch) or absent")
+        if entry.get("budget") == "matched" and "trainer" in entry:
+            raise SpecError(f"{where}: 'budget: matched' names its own trainer per task; remove 'trainer'")
         options = {
             key: entry[key]
             for key in (
+                "budget",
                 "trainer",
                 "device",
                 "da_workers",
@@ -182,7 +188,8 @@ def _parse_backbone(name: str, entry: Any, base: Path) -> BackboneSpec:
             )
             if key in entry
         }
-        options.setdefault("trainer", "nnUNetTrainer")
+        if "budget" not in options:
+            options.setdefault("trainer", "nnUNetTrainer")
         backbone = BackboneSpec(
             name=name,
             kind="nnunet",
@@ -250,6 +257,7 @@ def _parse_task(name: str, entry: Any, base: Path) -> TaskSpec:
             "backbones",
             "configs",
             "eval_configs",
+            "budget",
         ),
         where,
     )
@@ -275,6 +283,18 @@ def _parse_task(name: str, entry: Any, base: Path) -> TaskSpec:
         column=None if entry.get("column") is None else str(entry["column"]),
         overrides=_expect(entry.get("overrides") or {}, f"{where}.overrides"),
     )
+    if entry.get("budget") is not None:
+        budget = dict(_expect(entry["budget"], f"{where}.budget"))
+        _unknown(budget, ("match", "nnunet_steps", "note"), f"{where}.budget")
+        match = budget.get("match", "steps")
+        if match not in ("steps", "wall_clock"):
+            raise SpecError(f"{where}.budget.match must be 'steps' or 'wall_clock', got {match!r}")
+        steps = budget.get("nnunet_steps")
+        if match == "wall_clock" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise SpecError(f"{where}.budget: match 'wall_clock' needs nnunet_steps, a positive integer")
+        if match == "steps" and steps is not None:
+            raise SpecError(f"{where}.budget: nnunet_steps belongs to match 'wall_clock'")
+        task.budget = {**budget, "match": match}
     if entry.get("backbones") is not None:
         task.backbones = _str_list(entry["backbones"], f"{where}.backbones")
     for key in ("configs", "eval_configs"):
@@ -357,9 +377,16 @@ def parse_spec(
                     "(dataset_id, name, size)"
                 )
     report = _expect(document.get("report") or {}, "report")
-    _unknown(report, ("label_efficiency", "fewshot_bars", "attention"), "report")
+    _unknown(report, ("label_efficiency", "fewshot_bars", "attention", "comparisons"), "report")
     for key, value in report.items():
         entry = _expect(value, f"report.{key}")
+        if key == "comparisons":
+            _unknown(entry, ("treatments", "baselines"), "report.comparisons")
+            for side in ("treatments", "baselines"):
+                for backbone_name in _str_list(entry.get(side, []), f"report.comparisons.{side}"):
+                    if backbone_name not in backbones:
+                        raise SpecError(f"report.comparisons.{side}: unknown backbone {backbone_name!r}")
+            continue
         for task_name in entry.get("tasks", []) + ([entry["task"]] if "task" in entry else []):
             if task_name not in tasks:
                 raise SpecError(f"report.{key}: unknown task {task_name!r}")

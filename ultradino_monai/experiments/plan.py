@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ultradino_monai.evaluation.repeat import RepeatError, plan_runs
+from ultradino_monai.experiments.budget import (
+    StepBudget,
+    budget_trainer_name,
+    config_value,
+    nnunet_schedule,
+    segmentation_budget,
+)
 from ultradino_monai.experiments.spec import (
     BackboneSpec,
     ExperimentSpec,
@@ -34,6 +41,8 @@ __all__ = [
     "Job",
     "plan_jobs",
     "bundle_overrides",
+    "nnunet_trainer",
+    "arm_budgets",
     "write_experiment_snapshot",
 ]
 
@@ -150,6 +159,90 @@ def _nnunet_args(backbone: BackboneSpec) -> list[str]:
     return args
 
 
+def _nnunet_budget(task: TaskSpec, vit: StepBudget) -> StepBudget:
+    """A ``budget: matched`` nnU-Net's steps × batch in ``task``: the ViT arms', or the task's wall-clock steps."""
+    if task.budget.get("match") == "wall_clock":
+        return StepBudget(steps=int(task.budget["nnunet_steps"]), batch=vit.batch)
+    return vit
+
+
+def nnunet_trainer(task: TaskSpec, backbone: BackboneSpec) -> str:
+    """The nnU-Net trainer of (task, nnU-Net backbone): the backbone's, or the task's budget trainer.
+
+    ``budget: matched``: ``nnUNetTrainer_UltraDINOBudget_<E>x<I>_b<B>`` with the task's ViT
+    segmentation budget (:func:`~ultradino_monai.experiments.budget.segmentation_budget`), or the
+    task's ``budget.nnunet_steps`` at the ViT batch size when it is matched by wall-clock.
+    """
+    if backbone.nnunet.get("budget") != "matched":
+        return str(backbone.nnunet["trainer"])
+    configs, _ = task_configs(task)
+    try:
+        return budget_trainer_name(_nnunet_budget(task, segmentation_budget(configs, task.overrides)))
+    except ValueError as error:
+        raise SpecError(f"tasks.{task.name} / backbones.{backbone.name} (budget: matched): {error}") from error
+
+
+def arm_budgets(spec: ExperimentSpec, task: TaskSpec) -> dict[str, Any]:
+    """What every arm of a task trains on, for the report: ``{"matched_by": ..., "arms": {backbone: text}}``.
+
+    ``matched_by``: ``"steps x batch"`` when every arm of a segmentation task has the same
+    optimiser steps × batch (the ViT arms and a ``budget: matched`` nnU-Net); ``"wall-clock"``
+    (plus the task's ``budget.note``) when the ViT arms share steps × batch and nnU-Net gets the
+    task's wall-clock steps; ``"recipe"`` when the ViT arms of a classification task share epochs ×
+    batch of one bundle config; ``"none"`` otherwise (e.g. nnU-Net on its own 1000-epoch schedule,
+    as in the paper, or a ViT arm with its own overrides).
+    """
+    configs, _ = task_configs(task)
+    family = "segmentation" if task.kind == "segmentation" else "classification"
+    wall_clock = task.budget.get("match") == "wall_clock"
+    arms: dict[str, str] = {}
+    vit_budgets: set[tuple[int, int]] = set()
+    nnunet_budgets: set[tuple[int, int]] = set()
+    own_schedule = False
+    for task_spec, backbone in spec.pairs():
+        if task_spec.name != task.name:
+            continue
+        trainer = nnunet_trainer(task, backbone) if backbone.kind == "nnunet" else None
+        if backbone.kind == "nnunet" and backbone.nnunet.get("budget") != "matched":
+            arms[backbone.name] = f"{trainer} (nnU-Net's own schedule)"
+            own_schedule = True
+            continue
+        overrides = task.overrides if trainer else {**task.overrides, **backbone.overrides.get(family, {})}
+        if task.kind != "segmentation":
+            epochs, batch = (config_value(configs, overrides, key) for key in ("epochs", "batch_size"))
+            arms[backbone.name] = f"{epochs} epochs × batch {batch}"
+            vit_budgets.add((epochs, batch))
+            continue
+        try:
+            budget = segmentation_budget(configs, overrides)
+        except ValueError:  # an expression in the config: say so rather than guess
+            arms[backbone.name] = "the segmentation configs' schedule (not a plain number)"
+            own_schedule = True
+            continue
+        if trainer:
+            budget = _nnunet_budget(task, budget)
+            epochs, per_epoch = nnunet_schedule(budget.steps)
+            arms[backbone.name] = (
+                f"{epochs * per_epoch} steps × batch {budget.batch} ({epochs} epochs × {per_epoch}, {trainer})"
+            )
+            nnunet_budgets.add((epochs * per_epoch, budget.batch))
+        else:
+            arms[backbone.name] = budget.describe()
+            vit_budgets.add((budget.steps, budget.batch))
+    if own_schedule or len(vit_budgets) > 1 or len(nnunet_budgets) > 1:
+        matched_by = "none"
+    elif task.kind != "segmentation":
+        matched_by = "recipe"
+    elif wall_clock and nnunet_budgets:
+        note = task.budget.get("note")
+        matched_by = "wall-clock" + (f" ({note})" if note else "")
+    elif nnunet_budgets and nnunet_budgets != vit_budgets and vit_budgets:
+        matched_by = "none"
+    else:
+        matched_by = "steps x batch"
+    return {"matched_by": matched_by, "arms": arms}
+
+
 def plan_jobs(spec: ExperimentSpec) -> list[Job]:
     """Every job of the grid, cells in task → backbone → split → seed order (split files must exist)."""
     results = spec.results_dir
@@ -251,7 +344,7 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                     "--fold",
                     str(split_file.resolve()),
                     "--trainer",
-                    backbone.nnunet["trainer"],
+                    nnunet_trainer(task, backbone),
                     *_nnunet_args(backbone),
                 ]
                 device = ["--device", str(backbone.nnunet.get("device", "auto"))]
@@ -352,7 +445,15 @@ def write_experiment_snapshot(spec: ExperimentSpec, jobs: Sequence[Job]) -> Path
         },
         "backbones": backbones,
         "tasks": {
-            name: {"kind": t.kind, "dataset": t.dataset, "column": t.column, "seeds": t.seeds, "splits": t.splits}
+            name: {
+                "kind": t.kind,
+                "dataset": t.dataset,
+                "column": t.column,
+                "seeds": t.seeds,
+                "splits": t.splits,
+                "budget": arm_budgets(spec, t),
+                "budget_match": t.budget,
+            }
             for name, t in spec.tasks.items()
         },
         "report": spec.report,

@@ -13,8 +13,12 @@ aggregated by :mod:`ultradino_monai.evaluation.aggregate` (mean ± SEM, SEM = sa
 ``groups.csv``          every (task, backbone) group: n, mean, std, SEM (unscaled)
 ``label_efficiency.png``  Dice vs % of training data, one line per backbone (paper Fig. 1b)
 ``fewshot_<task>.png``  few-shot Dice per backbone, bars with SEM (paper Fig. 1a)
+``verdicts.md``/``.csv``  paired pretrained-vs-baseline differences, 95 % t intervals, verdict words
+                        (:mod:`ultradino_monai.experiments.verdicts`)
+``paired_differences.png``  the same as a forest plot: mean difference with its interval as error bar
 ``attention.png``       per-head CLS attention of two backbones on the same images (Fig. 4)
 ``report.md``           all of the above in one page
+``readme_results.md``   the README's results block (commands, Table 1, budgets, verdicts)
 =====================  ======================================================================
 """
 
@@ -40,6 +44,15 @@ from ultradino_monai.evaluation.aggregate import (
     write_aggregate_csv,
     write_table1_csv,
 )
+from ultradino_monai.experiments.readme import replace_block, results_snippet
+from ultradino_monai.experiments.verdicts import (
+    METRIC_OF_KIND,
+    budgets_markdown,
+    comparison_rows,
+    plot_paired_differences,
+    verdicts_markdown,
+    write_verdicts_csv,
+)
 from ultradino_monai.utils.files import atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -54,11 +67,6 @@ __all__ = [
     "render_report",
 ]
 
-_METRIC_OF_KIND = {
-    "segmentation": "foreground_dice",
-    "classification_finetune": "macro_f1",
-    "classification_linear_probe": "macro_f1",
-}
 _METRIC_TITLE = {"foreground_dice": "foreground Dice", "macro_f1": "macro F1"}
 
 
@@ -83,7 +91,8 @@ def load_cell_records(
 
     Each returned record is a copy with ``method`` / ``backbone`` from ``experiment.json``,
     the bundle's own values kept as ``record_method`` / ``record_backbone``, and
-    ``experiment_task`` / ``experiment_backbone`` naming the cell. Cells without a result are skipped.
+    ``experiment_task`` / ``experiment_backbone`` / ``experiment_cell`` (split file stem and
+    seed: the pairing key) naming the cell. Cells without a result are skipped.
     """
     results_dir = Path(results_dir)
     snapshot = snapshot or _snapshot(results_dir)
@@ -104,6 +113,7 @@ def load_cell_records(
                 "backbone": backbone["label"],
                 "experiment_task": cell["task"],
                 "experiment_backbone": cell["backbone"],
+                "experiment_cell": cell["cell_id"],
                 "result_file": str(path),
             }
         )
@@ -122,7 +132,7 @@ def table_columns(snapshot: Mapping[str, Any], records: Sequence[Mapping[str, An
         kinds = tuple(sorted({r["split_kind"] for r in own})) or ("-",)
         columns.append(
             Table1Column(
-                task["column"], own[0]["task"] if own else task["kind"], datasets, kinds, _METRIC_OF_KIND[task["kind"]]
+                task["column"], own[0]["task"] if own else task["kind"], datasets, kinds, METRIC_OF_KIND[task["kind"]]
             )
         )
     titles = [c.title for c in columns]
@@ -389,9 +399,15 @@ def plot_attention(
 
 # ----------------------------------------------------------------------------- report
 def render_report(
-    results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, attention: bool = True
+    results_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    attention: bool = True,
+    readme: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Write every output listed in the module docstring; returns their paths and the Table 1 Markdown."""
+    """Write every output listed in the module docstring; returns their paths, Table 1 and the verdicts (Markdown).
+
+    ``readme``: also replace that file's generated results block (:mod:`ultradino_monai.experiments.readme`).
+    """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
     snapshot = _snapshot(results_dir)
@@ -434,7 +450,7 @@ def render_report(
             logger.warning("no label-efficiency results yet (tasks %s)", tasks)
     if "fewshot_bars" in report:
         task = report["fewshot_bars"]["task"]
-        metric = _METRIC_OF_KIND[snapshot["tasks"][task]["kind"]]
+        metric = METRIC_OF_KIND[snapshot["tasks"][task]["kind"]]
         bars = aggregate(
             [r for r in records if r["experiment_task"] == task],
             group_by=("experiment_backbone", "method", "backbone"),
@@ -469,6 +485,17 @@ def render_report(
                 max_heads=entry.get("max_heads"),
             )
         )
+    comparisons = comparison_rows(snapshot, records)
+    verdicts = verdicts_markdown(comparisons)
+    budgets = budgets_markdown(snapshot)
+    write_text_atomic(out_dir / "verdicts.md", verdicts)
+    outputs["verdicts_csv"] = str(write_verdicts_csv(out_dir / "verdicts.csv", comparisons))
+    outputs["verdicts_md"] = str(out_dir / "verdicts.md")
+    outputs["verdicts"] = verdicts
+    outputs["comparisons"] = comparisons
+    outputs["budgets"] = budgets
+    if comparisons:
+        figures["paired_differences"] = str(plot_paired_differences(comparisons, out_dir / "paired_differences.png"))
     outputs["figures"] = figures
 
     lines = [
@@ -481,10 +508,25 @@ def render_report(
         "## Table 1",
         "",
         markdown,
+        "Budgets (every arm of a cell; matched by optimiser steps × batch, by one bundle recipe, or not):",
+        "",
+        budgets,
+        "## Paired comparisons",
+        "",
+        "Pretrained minus baseline on the same split file and seed (×100); 95 % Student t interval of the "
+        "mean difference over the n pairs (t, not bootstrap: a bootstrap over n ≤ 5 pairs cannot be wider "
+        "than the observed range and undercovers); `ahead`: the interval lies above 0, `behind`: below 0, "
+        "`within noise`: it contains 0. `verdicts.csv` has the unscaled values.",
+        "",
+        verdicts,
     ]
     for name, figure in figures.items():
         lines += [f"## {name.replace('_', ' ')}", "", f"![{name}]({Path(figure).name})", ""]
     lines += ["## All groups", "", "`groups.csv` (unscaled; n, mean, std, SEM per task and backbone)", ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))
     outputs["report_md"] = str(out_dir / "report.md")
+    snippet = results_snippet(snapshot, outputs, results_dir)
+    outputs["readme_results"] = str(write_text_atomic(out_dir / "readme_results.md", snippet))
+    if readme is not None:
+        outputs["readme"] = str(replace_block(readme, snippet))
     return outputs

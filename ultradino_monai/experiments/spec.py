@@ -33,7 +33,8 @@ file / seed) that run the existing bundles and the nnU-Net harness. Layout::
         kind: nnunet
         method: nnUNet
         label: UNet
-        trainer: nnUNetTrainer_UltraDINOShort
+        trainer: nnUNetTrainer_UltraDINOShort   # or budget: matched (no trainer): every segmentation
+                                               # task's ViT steps x batch (experiments.budget)
     tasks:
       fass_fewshot:
         kind: segmentation                     # | classification_finetune | classification_linear_probe
@@ -44,11 +45,15 @@ file / seed) that run the existing bundles and the nnU-Net harness. Layout::
                                                # replicate: seed = the split file's replicate / draw
         column: FASS (n=20)                    # Table 1 column title (optional)
         overrides: {max_iterations: 200}       # bundle config overrides for every cell
+        budget: {match: steps}                 # a 'budget: matched' nnU-Net: the ViT arms' steps x batch; or
+                                               # {match: wall_clock, nnunet_steps: 50, note: "measured ..."}
         backbones: [ultradino, random_init, nnunet]   # default: every backbone that can run the task
     report:
       label_efficiency: {tasks: [fass_label_efficiency, fass_full]}   # Fig. 1b
       fewshot_bars: {task: jnu_fewshot}                               # Fig. 1a
       attention: {backbones: [random_init, ultradino], dataset: fass, section: validation, images: 3}
+      comparisons: {treatments: [ultradino], baselines: [random_init, nnunet]}   # paired verdicts
+                                               # (default: checkpointed ViTs vs random inits + nnU-Net)
 
 Loading and validation: :mod:`ultradino_monai.experiments.parse`; data and split files:
 :mod:`ultradino_monai.experiments.prepare`.
@@ -161,6 +166,10 @@ class TaskSpec:
     backbones: list[str] | None = None
     configs: list[str] | None = None
     eval_configs: list[str] | None = None
+    #: how a ``budget: matched`` nnU-Net is matched to the ViT arms: ``{"match": "steps"}`` (default:
+    #: the same optimiser steps x batch) or ``{"match": "wall_clock", "nnunet_steps": N, "note": ...}``
+    #: (N steps at the ViT batch take the ViT arm's training time on the stated device)
+    budget: dict[str, Any] = field(default_factory=lambda: {"match": "steps"})
 
 
 @dataclass
