@@ -47,6 +47,7 @@ from PIL import Image
 from data_prep.dicom_synth import ArchiveConfig, write_archive
 from data_prep.phantom import FASS_LABELS, INTRAPARTUM, JNU_LABELS, PLANE_CLASSES, render_plane, render_sequence
 from ultradino_monai.data.datalist import read_datalist, write_datalist
+from ultradino_monai.engines.config_values import require_dataset_dir
 from ultradino_monai.utils.files import write_bytes_atomic, write_json_atomic, write_png_atomic
 from ultradino_monai.utils.logs import setup_logging
 
@@ -485,7 +486,8 @@ def prepare_demo_dataset(dataset_dir: str | os.PathLike, demo_dir: str | os.Path
 
     ``scale`` is the demo size (``"tiny"`` in tests); the configs keep the default.
     """
-    dataset_dir, demo_dir = Path(dataset_dir), Path(demo_dir)
+    # an empty --dataset_dir would become "." (the current folder) below: refuse it by name
+    dataset_dir, demo_dir = Path(require_dataset_dir(dataset_dir)), Path(demo_dir)
     target = dataset_dir.resolve()
     if target == (demo_dir / "ingested").resolve():
         ensure_ingested_demo(demo_dir, dataset_dir, scale=scale)

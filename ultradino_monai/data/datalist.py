@@ -15,13 +15,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ultradino_monai.utils.errors import UserInputError
 from ultradino_monai.utils.files import write_json_atomic
 
 PATH_KEYS = ("image", "label")
 
 
-class DatalistError(ValueError):
-    """A datalist is missing, malformed, or names files that do not exist."""
+class DatalistError(UserInputError):
+    """A datalist is missing, malformed, or names files that do not exist (a ``UserInputError``, so a ``ValueError``).
+
+    :mod:`ultradino_monai.data.validate` checks a whole datalist before a run starts.
+    """
 
 
 def load_datalist(

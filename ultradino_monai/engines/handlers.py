@@ -14,15 +14,18 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 from monai.utils import convert_to_tensor
 from torch import nn
 
 from ultradino_monai.ssl import knn_classify, knn_leave_one_group_out, rankme
 from ultradino_monai.utils.distributed import is_main_process
+from ultradino_monai.utils.errors import MissingInputError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CrashAwareCheckpointSaver",
     "JsonlLogger",
     "ProgressBarHandler",
     "SSLMonitor",
@@ -102,17 +105,67 @@ class StopAtIteration:
 
 
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint\D*?(\d+)\.pt$")
+_CRASH_PATTERN = re.compile(r"^crashed\D*?(\d+)\.pt$")
+
+
+class CrashAwareCheckpointSaver(CheckpointSaver):
+    """MONAI's :class:`~monai.handlers.CheckpointSaver`, but a run that raises does not write the final file.
+
+    With ``save_final=True`` MONAI's saver writes ``final_filename`` on ``COMPLETED`` *and* on
+    ``EXCEPTION_RAISED``, so a crashed run leaves a ``model_final.pt`` that looks like a finished model. This
+    saver writes the final file on ``COMPLETED`` only; on an exception it writes ``crash_filename`` instead
+    (``{iteration}`` / ``{epoch}`` are filled in; ``None``: nothing) and re-raises.
+
+    Args:
+        crash_filename: the file for the state at the exception, in ``save_dir`` (e.g. ``model_crashed.pt``).
+        *args, **kwargs: :class:`~monai.handlers.CheckpointSaver`'s.
+    """
+
+    def __init__(self, *args: Any, crash_filename: str | None = "model_crashed.pt", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.crash_filename = crash_filename
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        if self.crash_filename:
+            from ignite.handlers import Checkpoint, DiskSaver
+
+            name = self.crash_filename.format(iteration=engine.state.iteration, epoch=engine.state.epoch)
+            stem, _ = os.path.splitext(name)
+            # ignite formats filename_pattern; double the braces so the name is taken literally
+            pattern = stem.replace("{", "{{").replace("}", "}}") + ".{ext}"
+            saver = DiskSaver(self.save_dir, require_empty=False, create_dir=True)
+            Checkpoint(self.save_dict, saver, filename_pattern=pattern)(engine)
+            logger.warning("run failed at iteration %d; its state is in %s", engine.state.iteration, name)
+        raise e
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
-    """Path of the checkpoint with the highest iteration in ``ckpt_dir``; a clear error if none."""
-    candidates = []
+    """Path of the checkpoint with the highest iteration in ``ckpt_dir``; a clear error if none.
+
+    Only ``checkpoint_*<iteration>.pt`` files count: the state a failed run left
+    (``crashed_*<iteration>.pt``, :class:`CrashAwareCheckpointSaver`) is never resumed from silently; a newer
+    one is named in a warning.
+    """
+    candidates, crashed = [], []
     for path in glob.glob(os.path.join(str(ckpt_dir), "*.pt")):
         match = _CHECKPOINT_PATTERN.search(os.path.basename(path))
         if match:
             candidates.append((int(match.group(1)), path))
+        crash = _CRASH_PATTERN.search(os.path.basename(path))
+        if crash:
+            crashed.append((int(crash.group(1)), path))
+    newest = max(candidates)[0] if candidates else -1
+    for iteration, path in sorted(crashed):
+        if iteration > newest:
+            logger.warning(
+                "%s holds the state of a failed run at iteration %d; resuming from the last regular checkpoint "
+                "instead (rename it to checkpoint_iteration=%d.pt to resume from it)",
+                path,
+                iteration,
+                iteration,
+            )
     if not candidates:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"--resume was given but {ckpt_dir} holds no checkpoint_*<iteration>.pt; start without --resume"
         )
     return max(candidates)[1]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ultradino_monai.utils.distributed import is_main_process
+from ultradino_monai.utils.errors import MissingInputError
 from ultradino_monai.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def read_model_json(path: str | os.PathLike, expected_format: str, what: str, mi
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {missing_hint}")
+        raise MissingInputError(f"{path} not found: {missing_hint}")
     document = json.loads(path.read_text())
     if document.get("format") != expected_format:
         raise ValueError(f"{path} is not a {what} (format {document.get('format')!r})")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ultradino_monai.utils.errors import MissingInputError
 from ultradino_monai.utils.files import atomic_write, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ _WHERE_MODELS_COME_FROM = (
 def _require_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}. {_WHERE_MODELS_COME_FROM}")
+        raise MissingInputError(f"ONNX model not found: {path}. {_WHERE_MODELS_COME_FROM}")
     return path
 
 

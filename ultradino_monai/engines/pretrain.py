@@ -19,13 +19,14 @@ from torch import nn
 
 from ultradino_monai.data.datalist import load_datalist, read_datalist
 from ultradino_monai.data.sampling import InfiniteSeededSampler, SeededTransformDataset
-from ultradino_monai.engines.config_values import as_bool, optional_path
+from ultradino_monai.engines.config_values import as_bool, optional_path, require_dataset_dir
 from ultradino_monai.engines.handlers import latest_checkpoint
 from ultradino_monai.networks.checkpoints import save_backbone
 from ultradino_monai.networks.dino_model import DinoModel
 from ultradino_monai.ssl import MultiCropMaskCollate
 from ultradino_monai.ssl.masking import collate_multicrop_with_masks
 from ultradino_monai.utils.distributed import get_world_size, is_distributed, is_main_process, unwrap_model
+from ultradino_monai.utils.errors import MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -184,9 +185,9 @@ def pretraining_datalist(dataset_dir: str | os.PathLike) -> str:
     config makes and ingests the demo archive first (``data_prep.demo``) when ``dataset_dir``
     is the demo default. A missing datalist is an error that says so.
     """
-    datalist = Path(dataset_dir) / "datalist.json"
+    datalist = Path(require_dataset_dir(dataset_dir)) / "datalist.json"
     if not datalist.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{datalist} not found. Ingest the DICOM archive first: "
             f"python -m data_prep.ingest ARCHIVE {dataset_dir} --secret-file KEYFILE"
         )

@@ -17,6 +17,7 @@ from ultradino_monai.engines.classification.data import (
     classification_transforms,
     normalization_name,
     resolve_datalist,
+    section_items,
 )
 from ultradino_monai.engines.classification.inference import (
     DecodeDicomFramed,
@@ -42,6 +43,7 @@ __all__ = [
     # data
     "resolve_datalist",
     "class_names",
+    "section_items",
     "normalization_name",
     "classification_transforms",
     # backbone

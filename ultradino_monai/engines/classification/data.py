@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ultradino_monai.data.datalist import DatalistError, read_datalist
-from ultradino_monai.engines.config_values import as_bool
+from ultradino_monai.data.validate import check_datalist
+from ultradino_monai.engines.config_values import as_bool, require_dataset_dir
+from ultradino_monai.utils.errors import MissingInputError
 
-__all__ = ["resolve_datalist", "class_names", "normalization_name", "classification_transforms"]
+__all__ = ["resolve_datalist", "class_names", "section_items", "normalization_name", "classification_transforms"]
 
 
 def resolve_datalist(dataset_dir: str | os.PathLike, split_file: str | os.PathLike | None = None) -> str:
@@ -24,11 +26,11 @@ def resolve_datalist(dataset_dir: str | os.PathLike, split_file: str | os.PathLi
     if split_file not in (None, "", "None"):
         path = Path(split_file)
         if not path.is_file():
-            raise DatalistError(f"split file not found: {path}")
+            raise MissingInputError(f"--split_file: split file not found: {path}")
         return str(path)
-    datalist = Path(dataset_dir) / "datalist.json"
+    datalist = Path(require_dataset_dir(dataset_dir)) / "datalist.json"
     if not datalist.is_file():
-        raise DatalistError(
+        raise MissingInputError(
             f"{datalist} not found. Convert FETAL_PLANES_DB first: "
             f"python -m data_prep.fetal_planes FETAL_PLANES_ZENODO.zip {dataset_dir}"
         )
@@ -41,6 +43,15 @@ def class_names(datalist: str | os.PathLike) -> list[str]:
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise DatalistError(f"{datalist}: a classification datalist needs a top-level 'classes' list of names")
     return classes
+
+
+def section_items(datalist: str | os.PathLike, section: str) -> list[dict]:
+    """Entries of one section: paths absolute, labels class indices (class names mapped through ``classes``).
+
+    Keys and label types are checked here (no file access, about a microsecond an entry); the bundles check
+    the files once, first thing (:func:`ultradino_monai.engines.inputs.check_run_inputs`).
+    """
+    return check_datalist(datalist, [section], "classification", decode="none")[section]
 
 
 def normalization_name(mean: Sequence[float], std: Sequence[float], requested: str = "auto") -> str:

@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ultradino_monai.engines.classification.metrics import stack_outputs
+from ultradino_monai.utils.errors import MissingInputError
 from ultradino_monai.utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def inference_items(input_dir: str | os.PathLike, max_frames_per_file: int | Non
     """
     root = Path(input_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"inference input folder not found: {root}")
+        raise MissingInputError(f"inference input folder not found: {root}")
     items: list[dict[str, Any]] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
@@ -62,7 +63,7 @@ def inference_items(input_dir: str | os.PathLike, max_frames_per_file: int | Non
         else:
             logger.debug("skipping %s (neither PNG nor DICOM)", relative)
     if not items:
-        raise FileNotFoundError(f"no PNG or DICOM files under {root}")
+        raise MissingInputError(f"no PNG or DICOM files under {root}")
     return items
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
-from ultradino_monai.data.datalist import DatalistError, load_datalist
 from ultradino_monai.engines.classification.backbone import backbone_record
+from ultradino_monai.engines.classification.data import section_items
 from ultradino_monai.engines.classification.results import write_classification_result
 from ultradino_monai.networks.checkpoints import LoadedBackbone
 from ultradino_monai.utils.files import write_json_atomic
@@ -42,9 +42,7 @@ def probe_dataset(
 
     from ultradino_monai.evaluation.linear_probe import FeatureDataset, cached_probe_features
 
-    items = load_datalist(datalist, section)
-    if not items:
-        raise DatalistError(f"{datalist}: section {section!r} is empty")
+    items = section_items(datalist, section)
     if not use_cache:
         return Dataset(items, transform=transforms)
     cached = cached_probe_features(

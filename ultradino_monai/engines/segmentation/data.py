@@ -12,8 +12,10 @@ import torch
 from monai.transforms import CastToTyped, Compose, NormalizeIntensityd, RepeatChanneld
 
 from ultradino_monai.data.datalist import DatalistError, load_datalist, read_datalist
+from ultradino_monai.engines.config_values import require_dataset_dir
 from ultradino_monai.transforms.augment import segmentation_augmentation
 from ultradino_monai.transforms.ultrasound import normalization_stats, ultrasound_preprocessing
+from ultradino_monai.utils.errors import MissingInputError
 
 __all__ = ["segmentation_datalist", "labels_of", "section_items", "resolve_normalization", "segmentation_transforms"]
 
@@ -25,10 +27,10 @@ def segmentation_datalist(dataset_dir: str | os.PathLike) -> str:
     the bundle configs make the demo data first (``data_prep.demo``) when ``dataset_dir`` is the
     demo default. A missing datalist is an error that says so.
     """
-    datalist = Path(dataset_dir) / "datalist.json"
+    datalist = Path(require_dataset_dir(dataset_dir)) / "datalist.json"
     if datalist.is_file():
         return str(datalist)
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{datalist} not found. Convert the dataset first, e.g. python -m data_prep.fass RAW_DIR {dataset_dir} "
         f"(or python -m data_prep.jnu_ifm), or pass --dataset_dir pointing at a converted dataset"
     )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 
 from ultradino_monai.evaluation.overlay import colour_overlay
+from ultradino_monai.utils.errors import MissingInputError
 from ultradino_monai.utils.files import write_json_atomic, write_png_atomic
 
 logger = logging.getLogger(__name__)
@@ -27,13 +28,13 @@ def image_items(
     """``[{"image": path}]`` for every image file under ``input_dir`` (recursive, sorted)."""
     root = Path(input_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"input folder not found: {root}")
+        raise MissingInputError(f"input folder not found: {root}")
     suffixes = tuple(s.lower() for s in suffixes)
     items = [
         {"image": str(path)} for path in sorted(root.rglob("*")) if path.is_file() and path.suffix.lower() in suffixes
     ]
     if not items:
-        raise FileNotFoundError(f"no images ({', '.join(suffixes)}) under {root}")
+        raise MissingInputError(f"no images ({', '.join(suffixes)}) under {root}")
     return items
 
 

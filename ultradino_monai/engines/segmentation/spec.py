@@ -24,6 +24,7 @@ from ultradino_monai.networks.checkpoints import sidecar_path
 from ultradino_monai.networks.segmenter import Segmenter
 from ultradino_monai.networks.vit import BeitBackbone, DinoVisionTransformer
 from ultradino_monai.utils.distributed import unwrap_model
+from ultradino_monai.utils.errors import MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def load_segmenter(model_path: str | os.PathLike, device: str | torch.device = "
     """Rebuild the trained segmenter from ``model.json`` and load ``model.pt`` strictly (eval mode)."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"trained model not found: {model_path}; run the segmentation bundle's train.json first"
         )
     model = segmenter_from_spec(read_model_spec(model_path))
