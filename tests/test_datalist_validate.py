@@ -417,3 +417,13 @@ def test_the_exit_hook_prints_one_line_and_exits_2(tmp_path, kind, extra, env, c
         assert result.stderr.endswith(
             "error: --batch_size must be >= 1, got 0\nhint: pass a positive batch size\n"
         ) == (kind == "user")
+
+
+def test_the_experiment_runner_checks_dataset_datalists(seg):
+    from ultradino_monai.experiments.prepare import check_dataset_datalist
+    from ultradino_monai.experiments.spec import SpecError
+
+    check_dataset_datalist("fass", seg)
+    paint_label(seg, "test", 2, 9)
+    with pytest.raises(SpecError, match=r"datasets\.fass\.datalist: .*test\[2\] label value 9 not in labels"):
+        check_dataset_datalist("fass", seg)

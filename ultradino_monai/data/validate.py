@@ -268,7 +268,7 @@ def _check_files(
     allowed = label_values | ({ignore_here} if ignore_here is not None else set())
     value_indices = _spread(len(entries), None if full else label_value_limit)
     for index in value_indices:
-        values = np.unique(_decode(name, section, index, "label", items[index]["label"], entries[index]["label"]))
+        values = _values(_decode(name, section, index, "label", items[index]["label"], entries[index]["label"]))
         bad = [int(v) for v in values if int(v) not in allowed]
         if bad:
             shown = ", ".join(str(v) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
@@ -291,6 +291,13 @@ def _check_files(
             len(value_indices),
             len(entries),
         )
+
+
+def _values(array: np.ndarray) -> np.ndarray:
+    """The distinct values of a label map (a histogram for 8/16-bit maps: several times faster than a sort)."""
+    if array.dtype in (np.uint8, np.uint16):
+        return np.flatnonzero(np.bincount(array.ravel()))
+    return np.unique(array)
 
 
 def _spread(count: int, limit: int | None) -> list[int]:

@@ -7,7 +7,21 @@ from pathlib import Path
 
 from ultradino_monai.experiments.spec import REPO_ROOT, ExperimentSpec, SpecError
 
-__all__ = ["make_demo_data", "prepare_datasets"]
+__all__ = ["make_demo_data", "prepare_datasets", "check_dataset_datalist"]
+
+
+def check_dataset_datalist(name: str, datalist: str | os.PathLike) -> None:
+    """Check every section of a dataset's datalist (:func:`~ultradino_monai.data.validate.check_datalist`, the
+    bundles' check) before any split file is written or cell is run; a problem is a :class:`SpecError`."""
+    from ultradino_monai.data.datalist import DatalistError, read_datalist
+    from ultradino_monai.data.validate import check_datalist
+
+    try:
+        document = read_datalist(datalist)
+        sections = [s for s in ("training", "validation", "test") if isinstance(document.get(s), list)]
+        check_datalist(datalist, sections, "auto", allow_empty=True)
+    except DatalistError as error:
+        raise SpecError(f"datasets.{name}.datalist: {error}") from error
 
 
 def make_demo_data(demo_dir: str | os.PathLike) -> None:
@@ -41,6 +55,7 @@ def prepare_datasets(spec: ExperimentSpec) -> None:
             make_demo_data(dataset.demo_dir)
         if not dataset.datalist.is_file():
             raise SpecError(f"datasets.{dataset.name}.datalist: file not found: {dataset.datalist}")
+        check_dataset_datalist(dataset.name, dataset.datalist)
         if dataset.splits is not None:
             # Split files are a pure function of (datalist, protocol, seed, options) and byte-identical
             # when nothing changed, so they are rewritten on every run: never stale after a datalist change.
