@@ -123,14 +123,6 @@ def test_classification_bad_checkpoint_file(cls_set, tmp_path):
     assert_clean_failure(result, rf"{checkpoint}: .*not a PyTorch checkpoint", root)
 
 
-def test_classification_negative_epochs(cls_set, tmp_path):
-    root = tmp_path / "bundle"
-    result = run_cli(
-        ["classification/configs/train.json"], "--dataset_dir", cls_set, "--bundle_root", root, "--epochs", "-1"
-    )
-    assert_clean_failure(result, r"--epochs must be >= 1, got -1", root)
-
-
 def test_pretrain_zero_byte_image(tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
