@@ -477,10 +477,33 @@ def ensure_ingested_demo(
     return dataset_dir / "datalist.json"
 
 
+#: Shard size of the demo's shards: 264 frames in 12 shards, enough for 2 ranks x a few workers.
+DEMO_SHARD_MB = 2.0
+
+
+def ensure_sharded_demo(
+    demo_dir: str | os.PathLike, shards_dir: str | os.PathLike | None = None, scale: str = "default"
+) -> Path:
+    """The demo pretraining shards: :func:`ensure_ingested_demo`, then :mod:`data_prep.shards` into ``shards_dir``.
+
+    ``shards_dir`` defaults to ``demo_dir/shards``. Under the demo lock; a finished shard folder
+    of the same ingest output is kept, a stale one (a regenerated demo) is rewritten.
+    """
+    from data_prep.shards import write_shards
+
+    demo_dir = Path(demo_dir)
+    shards_dir = demo_dir / "shards" if shards_dir is None else Path(shards_dir)
+    ingested = ensure_ingested_demo(demo_dir, scale=scale).parent
+    with demo_lock(demo_dir):
+        write_shards(ingested, shards_dir, shard_size_mb=DEMO_SHARD_MB, overwrite=True)
+    return shards_dir
+
+
 def prepare_demo_dataset(dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike, scale: str = "default") -> str:
     """The bundle configs' hook on ``dataset_dir``: returns it, after making the demo when it is a demo default.
 
-    * ``demo_dir/ingested`` (the pretrain bundle's default): :func:`ensure_ingested_demo`, every run.
+    * ``demo_dir/shards`` (the pretrain bundle's default): :func:`ensure_sharded_demo`, every run.
+    * ``demo_dir/ingested`` (the pretrain bundle's datalist mode): :func:`ensure_ingested_demo`, every run.
     * ``demo_dir/planes``, ``/fass`` or ``/jnu_ifm`` without a ``datalist.json``: :func:`ensure_demo`.
     * anything else (a converted real dataset): nothing; the engines say what is missing.
 
@@ -489,7 +512,9 @@ def prepare_demo_dataset(dataset_dir: str | os.PathLike, demo_dir: str | os.Path
     # an empty --dataset_dir would become "." (the current folder) below: refuse it by name
     dataset_dir, demo_dir = Path(require_dataset_dir(dataset_dir)), Path(demo_dir)
     target = dataset_dir.resolve()
-    if target == (demo_dir / "ingested").resolve():
+    if target == (demo_dir / "shards").resolve():
+        ensure_sharded_demo(demo_dir, dataset_dir, scale=scale)
+    elif target == (demo_dir / "ingested").resolve():
         ensure_ingested_demo(demo_dir, dataset_dir, scale=scale)
     elif any(target == (demo_dir / part).resolve() for part in DEMO_PARTS):
         if not (dataset_dir / "datalist.json").is_file():

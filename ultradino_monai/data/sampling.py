@@ -95,6 +95,12 @@ class InfiniteSeededSampler(Sampler):
             local_position += 1
 
 
+def apply_seeded(transform, data: dict, sample_seed: int) -> dict:
+    """Run a MONAI ``Randomizable`` transform on ``data`` with its random state reset from ``sample_seed``."""
+    transform.set_random_state(seed=sample_seed % (2**32))
+    return dict(transform(data))
+
+
 class SeededTransformDataset(Dataset):
     """Apply a random transform with a per-sample seed from :class:`InfiniteSeededSampler`.
 
@@ -116,8 +122,7 @@ class SeededTransformDataset(Dataset):
         if not isinstance(item, tuple):
             raise TypeError("SeededTransformDataset expects (index, seed) pairs; use InfiniteSeededSampler")
         index, sample_seed = item
-        self.transform.set_random_state(seed=sample_seed % (2**32))
-        output = dict(self.transform(self.base[index]))
+        output = apply_seeded(self.transform, self.base[index], sample_seed)
         output[self.seed_key] = sample_seed
         return output
 

@@ -154,12 +154,17 @@ class DinoTrainer(Trainer):
         if self._stream_synced:
             return
         self._stream_synced = True
+        dataset = getattr(self.data_loader, "dataset", None)
         sampler = getattr(self.data_loader, "sampler", None)
         batch_size = getattr(self.data_loader, "batch_size", None)
-        if hasattr(sampler, "set_start") and batch_size:
+        if hasattr(dataset, "set_start_iteration"):  # a shard stream (ultradino_monai.data.shards)
+            dataset.set_start_iteration(self.state.iteration)
+        elif hasattr(sampler, "set_start") and batch_size:
             sampler.set_start(self.state.iteration * batch_size)
-            if self.state.iteration:
-                logger.info("continuing the sample stream at iteration %d", self.state.iteration)
+        else:
+            return
+        if self.state.iteration:
+            logger.info("continuing the sample stream at iteration %d", self.state.iteration)
 
     # ----------------------------------------------------------------- helpers
     def _autocast(self):

@@ -19,27 +19,32 @@ from torch import nn
 
 from ultradino_monai.data.datalist import load_datalist, read_datalist
 from ultradino_monai.data.sampling import InfiniteSeededSampler, SeededTransformDataset
+from ultradino_monai.data.shards import ShardStream, is_shard_dir, read_shard_index
 from ultradino_monai.engines.config_values import as_bool, optional_path, require_dataset_dir
 from ultradino_monai.engines.handlers import latest_checkpoint
 from ultradino_monai.networks.checkpoints import save_backbone
 from ultradino_monai.networks.dino_model import DinoModel
 from ultradino_monai.ssl import MultiCropMaskCollate
 from ultradino_monai.ssl.masking import collate_multicrop_with_masks
-from ultradino_monai.utils.distributed import get_world_size, is_distributed, is_main_process, unwrap_model
+from ultradino_monai.utils.distributed import get_rank, get_world_size, is_distributed, is_main_process, unwrap_model
 from ultradino_monai.utils.errors import MissingInputError
 
 logger = logging.getLogger(__name__)
+
+_BOOL_WORDS = ("1", "0", "true", "false", "yes", "no", "on", "off", "none", "")
 
 __all__ = [
     "SampleSeededMaskCollate",
     "as_bool",
     "optional_path",
     "assert_replicas_identical",
+    "compile_backbones",
     "configure_run",
     "load_checkpoint",
     "epoch_length_for",
     "per_device_batch_size",
-    "pretraining_datalist",
+    "pretraining_source",
+    "source_datalist",
     "report_outputs",
     "export_teacher_backbone",
     "labelled_loader",
@@ -80,7 +85,7 @@ class SampleSeededMaskCollate(MultiCropMaskCollate):
 
 
 def pretrain_dataloader(
-    datalist: str | os.PathLike,
+    source: str | os.PathLike,
     preprocessing,
     multicrop,
     batch_size: int,
@@ -90,44 +95,66 @@ def pretrain_dataloader(
     cache_rate: float = 0.0,
     mask_ratio: Sequence[float] = (0.1, 0.5),
     mask_probability: float = 0.5,
+    shuffle_buffer: int = 1000,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
     section: str = "training",
 ) -> DataLoader:
-    """Endless multi-crop loader over the ``section`` images of a datalist.
+    """Endless multi-crop loader over a shard folder or the ``section`` images of a datalist.
 
     Args:
-        datalist: a datalist JSON (e.g. the ``datalist.json`` written by ``data_prep.ingest``).
+        source: from :func:`pretraining_source`: a shard folder (``python -m data_prep.shards``,
+            read as a :class:`~ultradino_monai.data.shards.ShardStream`) or a datalist JSON (e.g.
+            the ``datalist.json`` written by ``data_prep.ingest``, read through an
+            :class:`~ultradino_monai.data.sampling.InfiniteSeededSampler`).
         preprocessing: deterministic MONAI transform (load, single channel, [0,1]).
         multicrop: a ``Randomizable`` multi-crop transform (``global_0``, ``local_0``...).
         batch_size: images per process and iteration.
         n_tokens: patch tokens per global crop (for the iBOT masks).
         seed: seed of the sample stream, the crops and the masks.
-        num_workers: data-loading processes (results do not depend on it).
-        cache_rate: fraction of the preprocessed images kept in memory (1.0 for small data).
+        num_workers: data-loading processes. Datalist mode: results do not depend on it; shard
+            mode: they do (each worker reads its own shards), so resume with the same count.
+        cache_rate: datalist mode: fraction of the preprocessed images kept in memory (1.0 for small data).
         mask_ratio, mask_probability: iBOT masking (docs/recipe.md §2.5).
+        shuffle_buffer: shard mode: samples per reader in the shuffle buffer.
+        pin_memory, prefetch_factor: passed to the DataLoader (pinned memory speeds up copies to a GPU).
     """
-    items = load_datalist(datalist, section)
+    collate_seed = seed + get_rank()
+    collate = SampleSeededMaskCollate(
+        n_tokens=n_tokens, mask_ratio=tuple(mask_ratio), mask_probability=mask_probability, seed=collate_seed
+    )
+    loader_options = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "collate_fn": collate,
+        "drop_last": True,
+        "persistent_workers": num_workers > 0,
+        "pin_memory": as_bool(pin_memory),
+        "prefetch_factor": prefetch_factor if num_workers > 0 else None,
+    }
+    if is_shard_dir(source):
+        stream = ShardStream(
+            source, preprocessing, multicrop, batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer
+        )
+        stream.check_readers(num_workers)
+        logger.info(
+            "pretraining on %d images in %d shards of %s (batch %d per process)",
+            stream.index.num_samples,
+            len(stream.index.shards),
+            source,
+            batch_size,
+        )
+        return DataLoader(stream, **loader_options)
+    items = load_datalist(source, section)
     if not items:
-        raise ValueError(f"{datalist}: section {section!r} is empty; nothing to pretrain on")
+        raise ValueError(f"{source}: section {section!r} is empty; nothing to pretrain on")
     if cache_rate > 0:
         base = CacheDataset(items, transform=preprocessing, cache_rate=cache_rate, num_workers=None, progress=False)
     else:
         base = Dataset(items, transform=preprocessing)
-    dataset = SeededTransformDataset(base, multicrop)
     sampler = InfiniteSeededSampler(len(items), seed=seed)
-    rank_seed = seed + sampler.rank
-    collate = SampleSeededMaskCollate(
-        n_tokens=n_tokens, mask_ratio=tuple(mask_ratio), mask_probability=mask_probability, seed=rank_seed
-    )
-    logger.info("pretraining on %d images from %s (batch %d per process)", len(items), datalist, batch_size)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate,
-        drop_last=True,
-        persistent_workers=num_workers > 0,
-    )
+    logger.info("pretraining on %d images from %s (batch %d per process)", len(items), source, batch_size)
+    return DataLoader(SeededTransformDataset(base, multicrop), sampler=sampler, **loader_options)
 
 
 def labelled_loader(
@@ -178,20 +205,54 @@ def configure_run(seed: int = 0, deterministic: bool | str = False) -> None:
     logger.info("seed %d, deterministic algorithms %s", seed, "on" if deterministic else "off")
 
 
-def pretraining_datalist(dataset_dir: str | os.PathLike) -> str:
-    """Return ``dataset_dir/datalist.json``, which must exist.
+def pretraining_source(dataset_dir: str | os.PathLike) -> str:
+    """What to pretrain on: ``dataset_dir`` itself when it is a shard folder, else ``dataset_dir/datalist.json``.
 
-    A real archive is ingested beforehand with ``python -m data_prep.ingest``; the bundle
-    config makes and ingests the demo archive first (``data_prep.demo``) when ``dataset_dir``
-    is the demo default. A missing datalist is an error that says so.
+    A shard folder (``index.json``) comes from ``python -m data_prep.shards``, a datalist from
+    ``python -m data_prep.ingest``; the bundle config makes the demo archive, ingests and shards
+    it first when ``dataset_dir`` is the demo default. Anything else is an error that says what to run.
     """
-    datalist = Path(require_dataset_dir(dataset_dir)) / "datalist.json"
+    dataset_dir = Path(require_dataset_dir(dataset_dir))
+    if is_shard_dir(dataset_dir):
+        return str(dataset_dir)
+    datalist = dataset_dir / "datalist.json"
     if not datalist.is_file():
         raise MissingInputError(
-            f"{datalist} not found. Ingest the DICOM archive first: "
-            f"python -m data_prep.ingest ARCHIVE {dataset_dir} --secret-file KEYFILE"
+            f"{dataset_dir} holds neither index.json (shards) nor datalist.json. Ingest the DICOM archive first: "
+            f"python -m data_prep.ingest ARCHIVE INGEST_DIR --secret-file KEYFILE, then optionally "
+            f"python -m data_prep.shards INGEST_DIR {dataset_dir}"
         )
     return str(datalist)
+
+
+def source_datalist(source: str | os.PathLike) -> str | None:
+    """The datalist to check before a run: ``source`` in datalist mode; ``None`` for a shard folder.
+
+    A shard folder is checked here instead: its index must list shards that exist with their sizes
+    (:func:`~ultradino_monai.data.shards.read_shard_index`; the shard writer checked every frame).
+    """
+    if is_shard_dir(source):
+        read_shard_index(source)
+        return None
+    return str(source)
+
+
+def compile_backbones(models: Sequence[DinoModel], enabled: bool | str = False) -> None:
+    """``torch.compile`` the backbones of the student and teacher in place (``nn.Module.compile``).
+
+    In place, so parameter names, checkpoints and the teacher's EMA update are unchanged. Only
+    the backbones: their input shapes are fixed (global and local crops), while the head sees
+    a different number of masked patch tokens every iteration. ``enabled`` may also name a
+    ``torch.compile`` backend (e.g. ``"aot_eager"``); ``true`` uses the default, inductor.
+    """
+    backend = "inductor"
+    if isinstance(enabled, str) and enabled.strip().lower() not in _BOOL_WORDS:
+        backend = enabled.strip()
+    elif not as_bool(enabled):
+        return
+    for model in models:
+        unwrap_model(model).backbone.compile(backend=backend)
+    logger.info("compiled the backbones of %d models (torch.compile, backend %s)", len(models), backend)
 
 
 def load_checkpoint(path: str | os.PathLike, objects: dict[str, Any], device: torch.device | str = "cpu") -> None:
@@ -225,12 +286,18 @@ def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     return global_batch_size // world_size
 
 
-def epoch_length_for(datalist: str | os.PathLike, global_batch_size: int, section: str = "training") -> int:
-    """Iterations in one pass over the datalist at the global batch size (the paper's "epoch")."""
-    items = read_datalist(datalist).get(section, [])
-    if not items:
-        raise ValueError(f"{datalist}: section {section!r} is empty")
-    return max(1, len(items) // int(global_batch_size))
+def epoch_length_for(source: str | os.PathLike, global_batch_size: int, section: str = "training") -> int:
+    """Iterations in one pass over the frames at the global batch size (the paper's "epoch").
+
+    ``source`` is a shard folder (its index counts the frames) or a datalist.
+    """
+    if is_shard_dir(source):
+        count = read_shard_index(source, check_files=False).num_samples
+    else:
+        count = len(read_datalist(source).get(section, []))
+    if not count:
+        raise ValueError(f"{source}: section {section!r} is empty")
+    return max(1, count // int(global_batch_size))
 
 
 def assert_replicas_identical(module: nn.Module) -> None:

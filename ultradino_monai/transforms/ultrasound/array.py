@@ -8,6 +8,7 @@ the foundation model and to nnU-Net (and destroy the absolute brightness that so
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,7 +121,8 @@ class LoadUltrasoundImage(Transform):
     """Load one 2D ultrasound image or label map as a channel-first MetaTensor.
 
     Accepts a path to a PNG (or any 2D format Pillow reads: JPEG, BMP, TIFF, ...), a
-    path to a ``.npy`` file, or an in-memory ``numpy.ndarray`` / ``torch.Tensor``.
+    path to a ``.npy`` file, the encoded bytes of such an image (a webdataset shard member),
+    or an in-memory ``numpy.ndarray`` / ``torch.Tensor``.
 
     Orientation: the output is ``[C, H, W]`` with ``H`` = image rows (top to bottom) and
     ``W`` = columns (left to right), exactly as ``numpy.asarray(PIL.Image.open(path))``
@@ -184,13 +186,20 @@ class LoadUltrasoundImage(Transform):
             except OSError as err:
                 raise ValueError(f"{path}: Pillow cannot read this image ({err})") from err
             return array, mode, str(path)
+        if isinstance(source, (bytes, bytearray, memoryview)):  # an encoded file, e.g. a PNG from a tar shard
+            try:
+                with Image.open(io.BytesIO(source)) as img:
+                    img.load()
+                    return _pil_to_array(img, self.as_label, "bytes"), img.mode, "bytes"
+            except OSError as err:
+                raise ValueError(f"Pillow cannot read these {len(source)} image bytes ({err})") from err
         if isinstance(source, torch.Tensor):
             source = source.detach().cpu().numpy()
         if isinstance(source, np.ndarray):
             return _channel_first(source, self.channel_dim, "array"), "ndarray", "array"
         raise TypeError(f"expected a file path, numpy array or torch tensor; got {type(source).__name__}")
 
-    def __call__(self, source: str | Path | np.ndarray | torch.Tensor) -> MetaTensor:
+    def __call__(self, source: str | Path | bytes | np.ndarray | torch.Tensor) -> MetaTensor:
         """Returns a MetaTensor ``[C, H, W]`` (labels ``[1, H, W]``) in the source dtype."""
         array, mode, name = self._read(source)
         if self.as_label:
