@@ -30,7 +30,7 @@ from torch import nn
 from ultradino_monai.data.sampling import mix_seed
 from ultradino_monai.optim import apply_optim_scheduler
 from ultradino_monai.ssl import DINOLoss, DinoSchedules, KoLeoLoss, iBOTPatchLoss, update_ema
-from ultradino_monai.utils.distributed import unwrap_model
+from ultradino_monai.utils.distributed import get_world_size, is_distributed, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ __all__ = ["DinoTrainer", "NonFiniteLossError"]
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the message names the iteration and the term."""
+
+
+def mean_over_ranks(values: list[torch.Tensor]) -> torch.Tensor:
+    """The scalars ``values`` averaged over all ranks (one all-reduce), as DINOv2 logs its losses.
+
+    Each rank's loss is a mean over its own batch, so with equal per-rank batches this is the
+    loss of the global batch: what a single process would log for it.
+    """
+    stacked = torch.stack([value.float().reshape(()) for value in values])
+    if is_distributed():
+        torch.distributed.all_reduce(stacked)  # gloo has no AVG: sum, then divide
+        stacked /= get_world_size()
+    return stacked.cpu()
 
 
 class DinoTrainer(Trainer):
@@ -274,7 +287,7 @@ class DinoTrainer(Trainer):
             engine.ibot_loss.apply_center_update()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
-        output = {name: float(value.detach()) for name, value in terms.items()}
+        output = dict(zip(terms, mean_over_ranks([value.detach() for value in terms.values()]).tolist()))
         output.update(lr=float(lr), wd=float(wd), momentum=float(momentum), teacher_temp=float(teacher_temp))
         return output
 

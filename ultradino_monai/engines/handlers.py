@@ -19,7 +19,7 @@ from monai.utils import convert_to_tensor
 from torch import nn
 
 from ultradino_monai.ssl import knn_classify, knn_leave_one_group_out, rankme
-from ultradino_monai.utils.distributed import is_main_process
+from ultradino_monai.utils.distributed import get_rank, is_main_process
 from ultradino_monai.utils.errors import MissingInputError
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,29 @@ class ProgressBarHandler:
             return {k: output[k] for k in keys if isinstance(output, dict) and k in output}
 
         ProgressBar(persist=True).attach(engine, output_transform=transform)
+
+
+class SampleLedger:
+    """Write the shard keys of every batch this rank trained on to ``folder/rank<R>.txt``.
+
+    One line per iteration: ``<iteration> <key> <key> ...``. It answers "which frames did this
+    model see, and when", and lets a test check that ranks read disjoint frames. Shard mode only
+    (batches carry ``keys``); the file is appended to, so a resumed run continues it.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+
+    def _record(self, engine: Engine) -> None:
+        keys = (engine.state.batch or {}).get("keys")
+        if keys is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank{get_rank()}.txt", "a") as stream:
+            stream.write(" ".join([str(engine.state.iteration), *keys]) + "\n")
 
 
 class StopAtIteration:

@@ -74,7 +74,7 @@ class SampleSeededMaskCollate(MultiCropMaskCollate):
 
     def __call__(self, samples):
         seeds = [int(sample["seed"]) for sample in samples]
-        return collate_multicrop_with_masks(
+        batch = collate_multicrop_with_masks(
             samples,
             mask_ratio_tuple=self.mask_ratio,
             mask_probability=self.mask_probability,
@@ -82,6 +82,9 @@ class SampleSeededMaskCollate(MultiCropMaskCollate):
             mask_generator=self.mask_generator,
             generator=np.random.default_rng([self.seed, *seeds]),
         )
+        if all("key" in sample for sample in samples):  # shard mode: which frames made this batch
+            batch["keys"] = [sample["key"] for sample in samples]
+        return batch
 
 
 def pretrain_dataloader(
