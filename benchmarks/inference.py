@@ -55,6 +55,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from reference import matmul_peak  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -85,13 +86,6 @@ def best_seconds(run, repeats: int) -> float:
         run()
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of a dense ``size``^3 matmul in ``dtype`` (2 * size^3 FLOPs per product)."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    return 2.0 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
 def int8_matmul_peak_gops(threads: int, workdir: Path, size: int = 2048, repeats: int = 5) -> float:
@@ -266,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         for precision, path in zip(("fp32", "int8"), onnx_files)
     }
     peak = {
-        "fp32": matmul_peak_gflops(torch.float32),
-        "bf16": matmul_peak_gflops(torch.bfloat16),
+        "fp32": matmul_peak(torch.float32, repeats=5),
+        "bf16": matmul_peak(torch.bfloat16, repeats=5),
         "int8": int8_matmul_peak_gops(args.threads, workdir),
     }
     scratch.cleanup()

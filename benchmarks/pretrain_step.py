@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from reference import matmul_peak
 from torch.utils.flop_counter import FlopCounterMode
 
 from ultradino_monai.engines import pretrain
@@ -36,30 +37,6 @@ from ultradino_monai.networks.heads import DINOHead
 from ultradino_monai.networks.vit import build_vit
 from ultradino_monai.optim import build_adamw
 from ultradino_monai.ssl import DINOLoss, KoLeoLoss, MultiCropMaskCollate, build_dino_schedules, iBOTPatchLoss
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, repeats: int = 10) -> float:
-    """Dense square matmul throughput in GFLOP/s (the machine's reference).
-
-    ``size`` defaults to 2048 on CPU and 8192 on GPU: a 2048-cube product fills an H200 only to
-    211 of its ~790 bf16 TFLOP/s, which made the step look closer to peak than it is.
-    """
-    if size is None:
-        size = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def synthetic_batches(batch: int, global_size: int, local_size: int, n_local: int, patch: int):

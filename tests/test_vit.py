@@ -299,3 +299,21 @@ def test_beit_backbone_interface():
         model(torch.randn(1, 1, 64, 64))
     assert (model.num_register_tokens, model.patch_size, model.n_blocks) == (0, 16, 3)
     assert model.blocks[0].gamma_1[0].item() == pytest.approx(0.1)
+
+
+def test_attention_runs_through_scaled_dot_product_attention(monkeypatch):
+    """Every block's attention calls F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU)."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    model = build_vit("vit_tiny", patch_size=16, in_chans=1, num_register_tokens=4, img_size=64, depth=3)
+    masks = torch.zeros(2, 16, dtype=torch.bool)
+    masks[:, :5] = True
+    model.forward_features(torch.randn(2, 1, 64, 64), masks=masks)
+    # 3 blocks, [B, heads, 1 CLS + 4 registers + 16 patches, head dim]
+    assert calls == [torch.Size([2, 3, 21, 64])] * 3
