@@ -6,10 +6,9 @@ tar members ``KEY.png`` and ``KEY.json`` that share a key) and ``index.json``, w
 every shard with its sample count, byte size and sha256. The index is written last, so its
 presence marks a finished folder (:func:`is_shard_dir`).
 
-:class:`ShardStream` reads such a folder as an endless stream, the shard-mode counterpart
-of :class:`~ultradino_monai.data.sampling.InfiniteSeededSampler` (docs/bundles.md,
-"Sharded streaming"). With ``R`` ranks and ``W`` DataLoader workers there are ``R * W``
-readers; reader ``q = rank * W + worker``. For every data pass ``p``:
+:class:`ShardStream` reads such a folder as an endless stream, the shard-mode counterpart of
+:class:`~ultradino_monai.data.sampling.InfiniteSeededSampler` (docs/streaming.md). With ``R`` ranks
+and ``W`` DataLoader workers there are ``R * W`` readers; reader ``q = rank * W + worker``. For every data pass ``p``:
 
 1. the full shard list is permuted with ``mix_seed(seed, p)``, identically on every rank;
 2. reader ``q`` takes shards ``q, q + R*W, q + 2*R*W, ...`` of that permutation;
