@@ -40,6 +40,7 @@ import webdataset as wds
 
 from ultradino_monai.data.datalist import DatalistError, read_datalist
 from ultradino_monai.data.shards import SHARD_FORMAT, SHARD_INDEX, SHARD_PATTERN, read_shard_index, sample_key
+from ultradino_monai.utils.errors import UserInputError
 from ultradino_monai.utils.files import atomic_write, sha256_file, write_json_atomic
 from ultradino_monai.utils.logs import setup_logging
 
@@ -51,7 +52,7 @@ TEMP_PREFIX = ".shard-tmp-"
 TAR_BLOCK = 512
 
 
-class ShardError(ValueError):
+class ShardError(UserInputError):
     """The input or output folder cannot be used; the message says which file and why."""
 
 
