@@ -15,6 +15,11 @@
 * :func:`check_counts` compares what was found with what the dataset paper
   documents and raises :class:`CountMismatchError` naming every difference and
   the command-line switches that relax the check.
+* :func:`staged_output` gives a converter a hidden staging folder inside its
+  output folder and publishes the staged files into the output folder only when
+  the whole conversion succeeded, so a failed run (a corrupt image half-way, a
+  tree too small for the split files) leaves no datalist, split files or images
+  behind, and an earlier good output stays as it was.
 
 Operating-system clutter (``__MACOSX/`` resource forks, ``._*`` AppleDouble
 files, ``.DS_Store``, ``Thumbs.db``) is skipped but still listed in
@@ -23,6 +28,7 @@ files, ``.DS_Store``, ``Thumbs.db``) is skipped but still listed in
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -31,7 +37,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -49,6 +55,7 @@ __all__ = [
     "check_counts",
     "check_output_outside_input",
     "read_png_array",
+    "staged_output",
     "to_grayscale",
     "BT601_WEIGHTS",
 ]
@@ -294,7 +301,7 @@ def read_png_array(data: bytes, what: str) -> np.ndarray:
             if image.mode not in ("L", "RGB", "RGBA", "LA", "I;16", "I", "1"):
                 image = image.convert("RGB")
             return np.asarray(image)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ConversionError(f"{what}: cannot decode image ({error})") from error
 
 
@@ -344,3 +351,61 @@ def check_counts(found: Mapping[str, int], expected: Mapping[str, int | None], h
     ]
     if problems:
         raise CountMismatchError("; ".join(problems) + f". {hint}")
+
+
+STAGING_PREFIX = ".converting-"
+
+
+def _publish_order(entry: Path) -> tuple[int, str]:
+    # The report goes in last: a reader that finds conversion_report.json finds a complete conversion.
+    return (entry.name == "conversion_report.json", entry.name)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """Stage a conversion in a hidden folder inside ``out``; move it into ``out`` only on success.
+
+    Usage::
+
+        with staged_output(out) as stage:
+            ...  # every output file is written below ``stage``
+
+    On success every top-level entry of the staging folder replaces its namesake in ``out``:
+    a file with ``os.replace``, a folder (``images/``, ``labels/``, ``splits/``) by renaming
+    the old folder away and the new one in, so ``images/`` never mixes two runs.
+    ``conversion_report.json`` is moved last. Entries of ``out`` that the conversion does not
+    write are left alone. On any exception the staging folder is deleted, ``out`` is removed
+    when this call created it and it is still empty, and the exception propagates: nothing
+    of the failed run is left, and an earlier good output is untouched. The staging folder
+    lies inside ``out`` so that every rename stays on one file system. Entries whose names
+    start with ``.`` (work folders) are never published.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"output {out} exists and is not a folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only succeeds when nothing else was put there meanwhile
+        raise
+    for entry in sorted(stage.iterdir(), key=_publish_order):
+        if entry.name.startswith("."):
+            continue
+        target = out / entry.name
+        if entry.is_dir() and (target.exists() or target.is_symlink()):
+            retired = stage / f".retired-{entry.name}"
+            os.replace(target, retired)
+            try:
+                os.replace(entry, target)
+            except OSError:
+                os.replace(retired, target)  # put the old folder back before reporting the failure
+                raise
+        else:
+            os.replace(entry, target)
+    shutil.rmtree(stage, ignore_errors=True)

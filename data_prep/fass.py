@@ -56,10 +56,15 @@ Patients: the first underscore token of the stem, matched by
 → ``P12``; docs/datasets.md §1.1). A stem that does not match stops the
 conversion.
 
-Checks (fail before anything is written): every PNG has an ``.npy`` and vice
-versa; 1,588 images and 169 patients (paper; override with ``--expect-images``
-/ ``--expect-patients`` or ``--no-count-check``); masks have the PNG's H × W;
-labels ⊆ {0..4}.
+Checks: every PNG has an ``.npy`` and vice versa; 1,588 images and 169
+patients (paper; override with ``--expect-images`` / ``--expect-patients`` or
+``--no-count-check``); every PNG and ``.npy`` decodes; masks have the PNG's
+H × W; labels ⊆ {0..4}; the tree is large enough for the split files. Every
+output is written into a hidden staging folder inside ``OUT`` and moved into
+place only when all checks passed and every file was written
+(:func:`data_prep.convert_common.staged_output`): a failed run exits with code 2
+and a one-line message naming the file, and leaves ``OUT`` as it was (no
+datalist, split files or images of the failed run).
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ from data_prep.convert_common import (
     check_counts,
     check_output_outside_input,
     read_png_array,
+    staged_output,
     to_grayscale,
 )
 from ultradino_monai.data.datalist import DatalistError, write_datalist
@@ -354,12 +360,34 @@ def convert_fass(
         write_splits: also write ``out/splits`` with :func:`~ultradino_monai.data.splits.fass_splits`.
         split_options: extra keyword arguments for ``fass_splits`` (e.g. ``fewshot_images``).
     """
-    from ultradino_monai.data.splits import fass_splits
-
     raw, out = Path(raw), Path(out)
     check_output_outside_input(raw, out)
-    pattern = re.compile(patient_regex)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        pattern = re.compile(patient_regex)
+    except re.error as error:
+        raise ConversionError(f"--patient-regex {patient_regex!r} is not a regular expression ({error})") from None
+    if "patient" not in pattern.groupindex and pattern.groups < 1:
+        raise ConversionError(f"--patient-regex {patient_regex!r} needs a group, e.g. (?P<patient>...)")
+    with staged_output(out) as stage:
+        report = _convert_into(raw, stage, pattern, expect_images, expect_patients, seed, write_splits, split_options)
+    counts = report["counts"]
+    logger.info("FASS: %d images, %d patients written to %s", counts["images"], counts["patients"], out)
+    return report
+
+
+def _convert_into(
+    raw: Path,
+    out: Path,
+    pattern: re.Pattern[str],
+    expect_images: int | None,
+    expect_patients: int | None,
+    seed: int,
+    write_splits: bool,
+    split_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The conversion proper, writing into ``out`` (the staging folder of :func:`convert_fass`)."""
+    from ultradino_monai.data.splits import fass_splits
+
     with SourceTree(raw, work_root=out) as tree:
         root, images, arrays, other = locate_release(tree)
         logger.info(
@@ -455,7 +483,6 @@ def convert_fass(
         split_paths = fass_splits(datalist_path, out / "splits", seed, **dict(split_options or {}))
         report["split_files"] = [path.relative_to(out).as_posix() for path in split_paths]
     write_json_atomic(out / "conversion_report.json", report)
-    logger.info("FASS: %d images, %d patients written to %s", len(items), report["counts"]["patients"], out)
     return report
 
 

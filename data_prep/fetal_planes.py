@@ -45,10 +45,14 @@ Outputs in ``OUT``:
 * ``conversion_report.json``: counts per section and class, patients per section, image
   sizes, ignored files, OS clutter skipped.
 
-Checks before anything is written: every CSV row has its image and no name repeats; plane,
+Checks before any image is converted: every CSV row has its image and no name repeats; plane,
 patient number and Train flag parse; 12,400 images / 5,271 test images / 1,792 patients
 (and 5,804 / 1,325 / 5,271 for the UltraDINO split), overridable for a smaller tree; no
-patient in two sections.
+patient in two sections. Every output is written into a hidden staging folder inside ``OUT``
+and moved into place only when the whole conversion succeeded
+(:func:`data_prep.convert_common.staged_output`), so a failed run (an image that does not
+decode, a split that cannot be drawn) exits with code 2 and a one-line message naming the
+file and leaves ``OUT`` as it was.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from data_prep.convert_common import (
     SourceTree,
     check_counts,
     check_output_outside_input,
+    staged_output,
 )
 from ultradino_monai.data.datalist import DatalistError, write_datalist
 from ultradino_monai.utils.files import write_json_atomic, write_png_atomic
@@ -343,8 +348,36 @@ def convert_fetal_planes(
         expected_ultradino: section sizes of the UltraDINO split (same conventions).
         val_fraction: validation share of the ``Train == 1`` pool (0.2).
         write_splits: also write ``out/splits``.
-        workers: threads decoding / encoding images.
+        workers: threads decoding / encoding images (>= 1).
     """
+    raw, out = Path(raw), Path(out)
+    check_output_outside_input(raw, out)
+    if ultradino_splits is not None:
+        check_output_outside_input(ultradino_splits, out)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConversionError(f"--workers must be an integer >= 1, got {workers!r}")
+    if not (math.isfinite(val_fraction) and 0.0 < val_fraction < 1.0):
+        raise ConversionError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    with staged_output(out) as stage:
+        report = _convert_into(
+            raw, stage, seed, ultradino_splits, expected, expected_ultradino, val_fraction, write_splits, workers
+        )
+    logger.info("FETAL_PLANES_DB: %d images written to %s\n%s", report["counts"]["images"], out, report["table"])
+    return report
+
+
+def _convert_into(
+    raw: Path,
+    out: Path,
+    seed: int,
+    ultradino_splits: str | Path | None,
+    expected: Mapping[str, int | None] | None,
+    expected_ultradino: Mapping[str, int | None] | None,
+    val_fraction: float,
+    write_splits: bool,
+    workers: int,
+) -> dict[str, Any]:
+    """The conversion proper, writing into ``out`` (the staging folder of :func:`convert_fetal_planes`)."""
     from ultradino_monai.data.splits import (
         check_patient_disjoint,
         holdout_splits,
@@ -352,11 +385,6 @@ def convert_fetal_planes(
         write_split_file,
     )
 
-    raw, out = Path(raw), Path(out)
-    check_output_outside_input(raw, out)
-    if ultradino_splits is not None:
-        check_output_outside_input(ultradino_splits, out)
-    out.mkdir(parents=True, exist_ok=True)
     with SourceTree(raw, work_root=out) as tree:
         table, images, other = locate_release(tree)
         records = parse_release_csv(table.read_bytes(), table.path)
@@ -417,7 +445,7 @@ def convert_fetal_planes(
         shapes: Counter[str] = Counter()
         modes: Counter[str] = Counter()
         jobs = [(images[record["id"]], out / record["image"]) for record in records]
-        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool_executor:
+        with ThreadPoolExecutor(max_workers=workers) as pool_executor:
             for number, (width, height, mode) in enumerate(
                 pool_executor.map(lambda job: _convert_image(*job), jobs), 1
             ):
@@ -477,7 +505,6 @@ def convert_fetal_planes(
             paths = holdout_splits(datalist_path, splits_dir, seed, val_fraction=val_fraction)
             report["split_files"] = [path.relative_to(out).as_posix() for path in paths]
     write_json_atomic(out / "conversion_report.json", report)
-    logger.info("FETAL_PLANES_DB: %d images written to %s\n%s", len(records), out, _format_table(sections))
     report["table"] = _format_table(sections)
     return report
 

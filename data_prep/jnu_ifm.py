@@ -48,6 +48,12 @@ Outputs in ``OUT``: ``images/<stem>.png`` (8-bit grey, native size),
 under ``"training"``, keys ``image``/``label``/``patient``/``video``/``id``
 [/``frame_label``]), ``patients.csv``, ``splits/`` (from
 :func:`ultradino_monai.data.splits.jnu_splits`) and ``conversion_report.json``.
+They are written into a hidden staging folder inside ``OUT`` and moved into
+place only when the whole conversion succeeded
+(:func:`data_prep.convert_common.staged_output`): a failed run (an image that
+does not decode, an unexpected mask value, a tree too small for the split
+files) exits with code 2 and a one-line message naming the file, and leaves
+``OUT`` as it was.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import re
 import sys
 from collections import Counter
@@ -73,6 +80,7 @@ from data_prep.convert_common import (
     check_counts,
     check_output_outside_input,
     read_png_array,
+    staged_output,
     to_grayscale,
 )
 from ultradino_monai.data.datalist import DatalistError, write_datalist
@@ -301,11 +309,30 @@ def convert_jnu_ifm(
         write_splits: also write ``out/splits`` with :func:`~ultradino_monai.data.splits.jnu_splits`.
         split_options: extra keyword arguments for ``jnu_splits``.
     """
-    from ultradino_monai.data.splits import jnu_splits
-
     raw, out = Path(raw), Path(out)
     check_output_outside_input(raw, out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not (math.isfinite(max_gap_minutes) and max_gap_minutes >= 0):
+        raise ConversionError(f"--max-gap-minutes must be a finite number >= 0, got {max_gap_minutes}")
+    with staged_output(out) as stage:
+        return _convert_into(
+            raw, stage, expect_frames, expect_videos, patient_table, max_gap_minutes, seed, write_splits, split_options
+        )
+
+
+def _convert_into(
+    raw: Path,
+    out: Path,
+    expect_frames: int | None,
+    expect_videos: int | None,
+    patient_table: str | Path | None,
+    max_gap_minutes: float,
+    seed: int,
+    write_splits: bool,
+    split_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The conversion proper, writing into ``out`` (the staging folder of :func:`convert_jnu_ifm`)."""
+    from ultradino_monai.data.splits import jnu_splits
+
     with SourceTree(raw, work_root=out) as tree:
         videos, frame_label_files, other = discover_videos(tree.files(expand_nested_zips=True))
         if not videos:
