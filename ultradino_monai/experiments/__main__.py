@@ -3,7 +3,8 @@
 * ``run EXPERIMENT.yaml [--gpus 0,1 | --workers N] [--results_dir DIR] [--tasks ...] [--backbones ...]
   [--dry_run]``: run every cell of the grid that has no result yet; prints a progress line per
   event and a summary at the end. Exit code 0 when every selected cell has a result, 1 when
-  some failed, 130 when interrupted (rerun the same command to resume), 2 for a bad file.
+  some failed, 130 when interrupted (rerun the same command to resume), 2 for a bad file or a bad
+  option (``--workers`` below 1, an empty or repeated ``--gpus`` id, ``--gpus`` with ``--workers``).
 * ``report RESULTS_DIR [--out DIR] [--no_attention] [--readme README.md]``: Table 1 (Markdown + CSV),
   budgets, paired verdicts and figures; ``--readme`` replaces the README's generated results block.
 * ``status RESULTS_DIR``: done / running / failed / pending cells.
@@ -23,6 +24,30 @@ from ultradino_monai.utils.logs import setup_logging
 __all__ = ["build_parser", "main"]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _gpu_ids(text: str) -> list[str]:
+    """``"0,1"`` -> ``["0", "1"]``: CUDA_VISIBLE_DEVICES entries (indices >= 0 or GPU-/MIG- UUIDs), none repeated."""
+    ids = [part.strip() for part in text.split(",")]
+    if not ids or any(not gpu for gpu in ids):
+        raise argparse.ArgumentTypeError(f"expected comma-separated GPU ids such as 0,1, got {text!r}")
+    for gpu in ids:
+        if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-"))):
+            raise argparse.ArgumentTypeError(f"GPU id {gpu!r} is neither an index >= 0 nor a GPU-/MIG- UUID")
+    repeated = sorted({gpu for gpu in ids if ids.count(gpu) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"GPU id(s) {repeated} listed twice")
+    return ids
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ultradino_monai.experiments",
@@ -32,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the cells of an experiment file that have no result yet")
     run.add_argument("experiment", help="experiment YAML file (experiments/demo.yaml, experiments/paper.yaml)")
     run.add_argument("--results_dir", default=None, help="override the file's results_dir")
-    run.add_argument("--gpus", default=None, help="comma-separated GPU ids: one worker per GPU (CUDA_VISIBLE_DEVICES)")
-    run.add_argument("--workers", type=int, default=None, help="CPU workers when no --gpus (default 1)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument(
+        "--gpus", type=_gpu_ids, default=None, help="comma-separated GPU ids: one worker per GPU (CUDA_VISIBLE_DEVICES)"
+    )
+    where.add_argument(
+        "--workers", type=_positive_int, default=None, help="CPU workers (>= 1) when no --gpus (default 1)"
+    )
     run.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
     run.add_argument("--backbones", nargs="+", default=None, help="run only these backbones")
     run.add_argument("--dry_run", action="store_true", help="list the cells and whether they are done; run nothing")
@@ -65,8 +95,7 @@ def _run(args) -> int:
         for job in plan._select(jobs, args.tasks, args.backbones):
             print(f"{'done' if job.is_done() else 'todo'}  {job.job_id}")
         return 0
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    summary = runner.run_grid(spec, gpus=gpus, workers=args.workers, tasks=args.tasks, backbones=args.backbones)
+    summary = runner.run_grid(spec, gpus=args.gpus, workers=args.workers, tasks=args.tasks, backbones=args.backbones)
     cells = summary.cells
     done = sum(1 for job in cells if job.is_done())
     finished = [job for job in summary.finished if not job.startswith("_prepare/")]

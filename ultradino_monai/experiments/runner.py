@@ -66,10 +66,16 @@ class GridSummary:
 
 # ---------------------------------------------------------------------------- running
 def worker_environments(gpus: Sequence[str] | None = None, workers: int | None = None) -> list[dict[str, str]]:
-    """One environment update per worker: ``CUDA_VISIBLE_DEVICES`` per GPU, or CPU workers sharing the cores."""
+    """One environment update per worker: ``CUDA_VISIBLE_DEVICES`` per GPU, or CPU workers sharing the cores.
+
+    Raises:
+        ValueError: ``workers`` below 1 (it is never silently raised to 1).
+    """
     if gpus:
         return [{"CUDA_VISIBLE_DEVICES": str(gpu)} for gpu in gpus]
-    workers = max(1, int(workers or 1))
+    workers = 1 if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     environment: dict[str, str] = {}
     if "OMP_NUM_THREADS" not in os.environ:
         threads = str(max(1, (os.cpu_count() or 1) // workers))
