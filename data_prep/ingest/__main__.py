@@ -1,8 +1,10 @@
 """Command line: ``python -m data_prep.ingest INPUT OUTPUT --secret-file KEYFILE [options]``.
 
 Exit status 0 when the run completed (even with quarantined files), 2 with a
-one-line message on unusable arguments, a missing/empty key file, or an
-OUTPUT folder that belongs to another key or another running ingest.
+one-line message on unusable arguments (non-finite or out-of-range numbers
+included), a missing/empty key file, an INPUT folder without any file (unless
+``--allow-empty``), or an OUTPUT folder that belongs to another key or another
+running ingest.
 """
 
 from __future__ import annotations
@@ -80,13 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dedup-threshold",
         type=float,
         default=IngestConfig.dedup_threshold,
-        help="mean abs. thumbnail difference (0-255) at or below which a frame is a near duplicate; < 0 disables",
+        help="mean abs. thumbnail difference (finite, <= 255) at or below which a frame is a near duplicate; "
+        "< 0 disables",
     )
     parser.add_argument(
         "--doppler-fraction",
         type=float,
         default=IngestConfig.doppler_fraction,
-        help="coloured-pixel fraction that flags Doppler",
+        help="coloured-pixel fraction in (0, 1] that flags Doppler",
     )
     parser.add_argument(
         "--date-policy",
@@ -96,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--png-compress-level", type=int, default=IngestConfig.png_compress_level, help="PNG zlib level 0-9"
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept an INPUT folder without any file (writes an empty datalist and report); "
+        "without it such a run exits with code 2 and writes nothing",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log per-input reason codes (positions only)")
@@ -121,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             png_compress_level=args.png_compress_level,
         )
         start = time.perf_counter()
-        report = run_ingest(args.input, args.output, key, config, workers=args.workers, progress=not args.no_progress)
+        report = run_ingest(
+            args.input,
+            args.output,
+            key,
+            config,
+            workers=args.workers,
+            progress=not args.no_progress,
+            allow_empty=args.allow_empty,
+        )
     except (SecretKeyError, ConfigError, IngestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

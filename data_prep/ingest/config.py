@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,7 +69,8 @@ class IngestConfig:
         max_member_bytes: largest zip member that is read (zip-bomb guard).
         dedup_threshold: a frame whose 64x64 grey thumbnail differs from the last
             kept frame by at most this mean absolute difference (0-255 scale) is
-            dropped as a near duplicate; negative disables deduplication.
+            dropped as a near duplicate; negative disables deduplication. Must be
+            finite and at most 255 (NaN would silently disable the filter).
         doppler_fraction: a colour frame counts as Doppler when at least this
             fraction of its (cropped) pixels has channel spread above
             ``doppler_chroma`` (docs/deidentification.md §3.3 suggests spread > ~25).
@@ -111,8 +113,14 @@ class IngestConfig:
             raise ConfigError(f"--max-frames must be >= 1, got {self.max_frames}")
         if self.max_member_bytes < 1:
             raise ConfigError(f"max_member_bytes must be >= 1, got {self.max_member_bytes}")
-        if not 0.0 < self.doppler_fraction <= 1.0:
-            raise ConfigError(f"doppler_fraction must be in (0, 1], got {self.doppler_fraction}")
+        # Every comparison with NaN is false, so a NaN threshold would silently turn a check off: refuse it.
+        if not (math.isfinite(self.dedup_threshold) and self.dedup_threshold <= 255.0):
+            raise ConfigError(
+                "--dedup-threshold must be a finite number <= 255 (mean absolute difference in grey levels; "
+                f"negative turns deduplication off), got {self.dedup_threshold}"
+            )
+        if not (math.isfinite(self.doppler_fraction) and 0.0 < self.doppler_fraction <= 1.0):
+            raise ConfigError(f"--doppler-fraction must be in (0, 1], got {self.doppler_fraction}")
         if not 0 <= self.doppler_chroma <= 255:
             raise ConfigError(f"doppler_chroma must be in [0, 255], got {self.doppler_chroma}")
         if self.region_tolerance_px < 0 or self.min_region_px < 1:

@@ -346,6 +346,7 @@ def run_ingest(
     config: IngestConfig | None = None,
     workers: int = 1,
     progress: bool = True,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
     """Ingest every file under ``input_dir`` into ``output_dir``; returns the report.
 
@@ -357,10 +358,14 @@ def run_ingest(
         workers: worker processes (``>= 1``); ``0`` processes in this process
             (no protection against decoder crashes; for debugging).
         progress: show a tqdm progress bar on stderr.
+        allow_empty: go on (with a warning) when ``input_dir`` holds no file at all,
+            writing an empty datalist and report; without it such a run is refused
+            before anything is written, because an empty INPUT is almost always a
+            wrong path or an unmounted share.
 
     Raises:
-        IngestError: unusable folders, a concurrent run, or a different key than
-            the one OUTPUT was started with.
+        IngestError: unusable folders, an empty ``input_dir`` (unless ``allow_empty``),
+            a concurrent run, or a different key than the one OUTPUT was started with.
     """
     from tqdm import tqdm
 
@@ -371,6 +376,16 @@ def run_ingest(
         raise IngestError("--ocr-check needs rapidocr-onnxruntime (pip install 'ultradino-monai[ocr]')")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     _check_folders(input_dir, output_dir)
+    # Discovery only reads INPUT; it runs before OUTPUT is touched so an empty INPUT leaves nothing behind.
+    items = discover_inputs(input_dir, config.max_member_bytes)
+    logger.info("found %d inputs", len(items))
+    if not items:
+        if not allow_empty:
+            raise IngestError(
+                f"INPUT holds no files: {input_dir} (wrong path or unmounted share?); "
+                "pass --allow-empty to write an empty datalist and report anyway"
+            )
+        logger.warning("INPUT %s holds no files; writing an empty datalist and report (--allow-empty)", input_dir)
     state = output_dir / STATE_DIR
     (state / "records").mkdir(parents=True, exist_ok=True)
     lock = _lock(state)
@@ -379,9 +394,6 @@ def run_ingest(
         pseudonymizer = context.pseudonymizer
         _check_key(state, pseudonymizer)
         sweep_temporaries(output_dir)
-        items = discover_inputs(input_dir, config.max_member_bytes)
-        logger.info("found %d inputs", len(items))
-
         ids = [pseudonymizer.item_id(item.relpath, item.member) for item in items]
 
         def pending(positions: Iterable[int]) -> list[tuple[int, InputItem]]:

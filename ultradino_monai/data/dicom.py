@@ -34,6 +34,7 @@ Regions (PS3.3 C.8.5.5, US Region Calibration module, ``SequenceOfUltrasoundRegi
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -96,6 +97,8 @@ DATA_TYPE_COLOR_FLOW = 2
 UNITS_CM = 3
 # Isotropy tolerance for using PhysicalDelta as a pixel spacing (relative difference).
 _ISOTROPY_TOLERANCE = 0.02
+# What pydicom and its plugins raise on truncated or corrupt pixel data (NotImplementedError is a RuntimeError).
+_DECODE_ERRORS = (ValueError, RuntimeError, OSError, EOFError, KeyError, IndexError, TypeError, struct.error)
 _CORNERS = ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
 
 
@@ -253,7 +256,15 @@ class FrameDecoder:
         self.palette = _palette_table(header, spec) if spec.photometric == "PALETTE COLOR" else None
 
     def frames(self, indices: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(frame_index, uint8 frame)`` for the requested indices, in order."""
+        """Yield ``(frame_index, uint8 frame)`` for the requested indices, in order.
+
+        Raises:
+            PixelError: ``no_pixel_data`` when the file has no pixel data element;
+                ``decode_error`` when pydicom or its plugin cannot parse or decode a frame
+                (truncated or corrupt data: a ``ValueError`` for an encapsulated item cut
+                short, ``struct.error`` for a cut inside an item tag, ``RuntimeError`` from
+                the plugin), chained to the original error; ``decode_shape_mismatch``.
+        """
         indices = list(indices)
         if not indices:
             return
@@ -265,6 +276,11 @@ class FrameDecoder:
                 array = next(iterator)
             except StopIteration:
                 raise PixelError("decode_error") from None
+            except AttributeError as error:
+                # iter_pixels raises AttributeError when the dataset has no (Float/Double) Pixel Data element.
+                raise PixelError("no_pixel_data") from error
+            except _DECODE_ERRORS as error:
+                raise PixelError("decode_error") from error
             if array.shape != expected:
                 raise PixelError("decode_shape_mismatch")
             yield index, to_uint8(array, self.spec, self.palette)
