@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,8 +47,25 @@ def test_bundle_hook_leaves_other_datasets_alone(tmp_path):
     assert not (tmp_path / "demo").exists() and not real.exists()
 
 
+def _blocked_on(path: Path) -> set[int]:
+    """PIDs of processes waiting for an ``flock`` on ``path``: the ``->`` rows of Linux's /proc/locks."""
+    info = path.stat()
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    waiting = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[1] == "->" and fields[2] == "FLOCK" and fields[6] == inode:
+            waiting.add(int(fields[5]))
+    return waiting
+
+
 def test_command_line_and_ingested_demo_wait_for_the_lock(tmp_path):
-    """Runs sharing one demo folder never generate into it together: both wait for the holder of the lock."""
+    """Runs sharing one demo folder never generate into it together: both wait for the holder of the lock.
+
+    The wait is observed directly, not guessed from timing: while the test holds the lock, the kernel's
+    lock table (/proc/locks) must list both processes as blocked on the lock file, and neither may have
+    written the demo. A process that ignored the lock would never show up there and would finish instead.
+    """
     root = tmp_path / "demo"
     root.mkdir()
     ingest = (
@@ -72,9 +90,20 @@ def test_command_line_and_ingested_demo_wait_for_the_lock(tmp_path):
                 text=True,
             ),
         ]
-        time.sleep(4)
-        assert [process.poll() for process in waiting] == [None, None], "a process ran although the lock was held"
-        assert not (root / demo.MARKER).exists()
+        try:
+            pids = {process.pid for process in waiting}
+            deadline = time.monotonic() + 240  # the children import torch/MONAI before they reach the lock
+            while not pids <= _blocked_on(root / demo.LOCK_FILE):
+                finished = [process.args for process in waiting if process.poll() is not None]
+                assert not finished, f"{finished} finished although the test held the lock"
+                assert time.monotonic() < deadline, "the demo processes never blocked on the lock file"
+                time.sleep(0.1)
+            assert not (root / demo.MARKER).exists() and [process.poll() for process in waiting] == [None, None]
+        except BaseException:
+            for process in waiting:
+                process.kill()
+                process.communicate()
+            raise
     (cli_out, cli_err), (ingest_out, ingest_err) = [process.communicate(timeout=300) for process in waiting]
     assert waiting[0].returncode == 0, cli_err[-2000:]
     assert waiting[1].returncode == 0, ingest_err[-2000:]

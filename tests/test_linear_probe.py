@@ -225,8 +225,13 @@ def test_probe_separates_separable_features():
     with torch.no_grad():
         predictions = model(test_x)[[s.name for s in specs].index(best)].argmax(-1)
     assert (predictions == test_y).float().mean().item() >= 0.95
-    # the smallest learning rate barely moves from its N(0, 0.01) start: worse than the winner
-    assert metric.results["accuracy"][specs[0].name] <= metric.results["accuracy"][best]
+    # Each head trains at its own rate: the four heads at the smallest rate (1e-5, about 35 SGD steps)
+    # barely move from their N(0, 0.01) start, so on average they stay clearly below the winner, while
+    # every head from 1e-4 up separates the clusters. With one shared rate all 52 heads would tie.
+    accuracy = metric.results["accuracy"]
+    slowest = [accuracy[s.name] for s in specs if s.lr == min(LEARNING_RATES)]
+    assert len(slowest) == 4 and sum(slowest) / len(slowest) <= accuracy[best] - 0.25
+    assert all(accuracy[s.name] >= 0.95 for s in specs if s.lr >= 1e-4)
 
 
 def test_feature_cache_hits_and_invalidates(tmp_path):
