@@ -190,7 +190,10 @@ def test_banner_text_above_fan_and_black_sector_corners(demo_dirs, phi):
         assert r0 > record["banner_height"]
         # a sector's bounding box has black bottom corners (the fan is an annular sector)
         assert grey[r1, c0] < 20 and grey[r1, c1] < 20
-        assert grey[(r0 + r1) // 2, (c0 + c1) // 2] >= 0 and grey[r0:r1, c0:c1].mean() > 15
+        # ... while the sector's centre line (the middle scan line, always inside the fan) shows tissue
+        # (mean 50-65 grey levels on seeds 0-2; a scan-conversion seam on the centre ray leaves it black),
+        # as does the box as a whole
+        assert grey[r0 : r1 + 1, (c0 + c1) // 2].mean() > 15 and grey[r0:r1, c0:c1].mean() > 15
 
 
 def test_phi_planted_in_header_private_and_nested(demo_dirs, phi):

@@ -25,7 +25,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from data_prep.dicom_synth import write_dataset
-from data_prep.ingest import IngestConfig, Pseudonymizer, run_ingest
+from data_prep.ingest import IngestConfig, IngestError, Pseudonymizer, run_ingest
 from data_prep.ingest.discovery import InputItem
 from data_prep.ingest.process import WorkContext, process_item
 
@@ -95,15 +95,18 @@ def test_cli_errors_are_clear_and_non_zero(tmp_path, key_file, capsys):
     assert code == 2 and "INPUT folder not found" in err
     code, err = run(str(source), str(tmp_path / "out"))
     assert code == 2 and "--secret-file" in err
-    code, _ = run(str(source), str(tmp_path / "out"), "--secret-file", str(key_file), "--no-progress")
-    assert code == 0  # an empty INPUT is a completed run
+    # An empty INPUT is refused before OUTPUT is made, unless --allow-empty (tests/test_cli_bad_input.py).
+    code, err = run(str(source), str(tmp_path / "out"), "--secret-file", str(key_file), "--no-progress")
+    assert code == 2 and "INPUT holds no files" in err and not (tmp_path / "out").exists()
+    code, _ = run(str(source), str(tmp_path / "out"), "--secret-file", str(key_file), "--no-progress", "--allow-empty")
+    assert code == 0
 
 
 def test_other_key_on_same_output_is_refused(tmp_path):
     source = tmp_path / "in"
     write_dataset(source / "a.dcm", small_us("K1")[0])
     run_ingest(source, tmp_path / "out", KEY, progress=False)
-    with pytest.raises(Exception, match="different secret key"):
+    with pytest.raises(IngestError, match="different secret key"):
         run_ingest(source, tmp_path / "out", KEY + b"2", progress=False)
 
 

@@ -35,7 +35,7 @@ from pydicom.uid import (
     UltrasoundMultiFrameImageStorage,
 )
 
-from data_prep.ingest.config import BannerPolicy, IngestConfig
+from data_prep.ingest.config import BannerPolicy, ConfigError, IngestConfig
 from data_prep.ingest.frames import NearDuplicateFilter, colour_fraction, is_doppler, to_output_mode
 from data_prep.ingest.regions import clean_regions
 from ultradino_monai.data.dicom import (
@@ -344,8 +344,11 @@ def test_multiframe_is_decoded_lazily_one_frame_at_a_time():
     data[-40:] = b"\xff" * 40
     for got, index in zip(decode(bytes(data), indices=[0, 2]), [0, 2]):
         np.testing.assert_array_equal(got, frames[index])
-    with pytest.raises(ValueError, match="encapsulated pixel data"):
+    # pydicom's ValueError on the cut RLE frame becomes a reason code, the cause kept for debugging.
+    with pytest.raises(PixelError) as error:
         decode(bytes(data), indices=[4])
+    assert error.value.reason == "decode_error"
+    assert isinstance(error.value.__cause__, ValueError) and "encapsulated pixel data" in str(error.value.__cause__)
 
 
 def test_pixel_budget_rejects_before_decoding():
@@ -430,7 +433,7 @@ def test_region_choice_units_and_fallbacks():
     assert decide_crop([], 30, 300, mask_top_rows=40).reason == "mask_exceeds_image"
     assert BannerPolicy.parse("mask-top-40") == BannerPolicy(kind="mask-top", rows=40)
     assert BannerPolicy.parse("quarantine").rows == 0  # ingestion passes rows as decide_crop's mask_top_rows
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"--banner-policy must be 'quarantine' or 'mask-top-N'.*'mask-top-x'"):
         BannerPolicy.parse("mask-top-x")
 
 

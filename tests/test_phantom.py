@@ -63,8 +63,10 @@ def test_fan_layout_hand_computed():
 
 
 def test_probe_rejects_bad_geometry():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"fov_deg must be in \(0, 180\), got 185.0"):
         P.ProbeGeometry(50.0, 185.0, 100.0, 3.5, 128)
+    with pytest.raises(ValueError, match="invalid probe geometry"):
+        P.ProbeGeometry(50.0, 60.0, 100.0, 3.5, 4)  # fewer than 8 scan lines
 
 
 # ----------------------------------------------------------------------------- physics

@@ -78,16 +78,20 @@ def test_dino_loss_gradient_flows_only_to_student():
 
 
 @pytest.mark.parametrize(
-    "n_students, n_teachers, shape_ok",
-    [(1, 2, True), (1, 1, True), (3, 2, False)],
+    "n_students, n_teachers, shape_ok, message",
+    [
+        (1, 2, True, "student_logits_list has 1 views but the teacher has 2 global views"),
+        (1, 1, True, "no cross-view terms"),
+        (3, 2, False, r"view 4 has shape \(3, 4\), expected \(2, 4\)"),
+    ],
 )
-def test_dino_loss_rejects_bad_inputs(n_students, n_teachers, shape_ok):
+def test_dino_loss_rejects_bad_inputs(n_students, n_teachers, shape_ok, message):
     loss = DINOLoss(4)
     teachers = [torch.full((2, 4), 0.25) for _ in range(n_teachers)]
     students = [torch.zeros(2, 4) for _ in range(n_students)]
     if not shape_ok:
         students[-1] = torch.zeros(3, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         loss(students, teachers)
 
 
@@ -268,5 +272,5 @@ def test_koleo_fp32_and_duplicates_are_finite():
     assert value.item() == pytest.approx(-(2 * math.log(1e-8) + math.log(math.sqrt(2) + 1e-8)) / 3, rel=1e-5)
     value.backward()
     assert torch.isfinite(x.grad.float()).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least 2 vectors to find neighbours, got 1"):
         KoLeoLoss()(torch.ones(1, 3))

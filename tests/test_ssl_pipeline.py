@@ -101,7 +101,27 @@ def test_one_training_step_runs_and_moves_the_teacher():
     )
     total = loss_dino + loss_koleo + loss_ibot
     assert torch.isfinite(total)
-    assert loss_dino.item() > 0 and loss_ibot.item() >= 0
+    assert loss_dino.item() > 0
+    # iBOT wiring: recompute the loss crop by crop from the boolean masks (formula of
+    # ultradino_monai.ssl.ibot_patch_loss; about half the crops are masked), taking each crop's student
+    # patches by its own mask and the teacher targets in crop-major order. A collate whose mask_indices,
+    # masks_weight or n_masked_patches disagree with its masks, or a loss averaged over the wrong axis, differs.
+    masks = data["masks"]
+    assert masks.shape == (2 * batch, s_patch.shape[1]) and masks.any()
+    per_crop, offset = [], 0
+    with torch.no_grad():
+        for crop in range(masks.shape[0]):
+            count = int(masks[crop].sum())
+            if count == 0:  # an unmasked crop adds nothing but still counts in the 1 / n_crops
+                per_crop.append(torch.zeros(()))
+                continue
+            logits = student["dino_head"](s_patch[crop][masks[crop]])
+            targets = t_patch_probs[offset : offset + count]
+            cross_entropy = -(targets * torch.log_softmax(logits / ibot_loss.student_temp, dim=-1)).sum(dim=-1)
+            per_crop.append(cross_entropy.mean())
+            offset += count
+    assert offset == int(data["n_masked_patches"])
+    torch.testing.assert_close(loss_ibot.detach(), torch.stack(per_crop).mean())
     total.backward()
     last_layer_before = student["dino_head"].last_layer.parametrizations.weight.original1.clone()
     optimizer.step()
