@@ -61,7 +61,7 @@ def copy_set(source: Path, target: Path) -> Path:
     return target
 
 
-SEG_TINY = ["--pretrained_ckpt", "null", "--image_size", "32", "--max_iterations", "2", "--val_interval", "1"]
+SEG_TINY = ["--pretrained_ckpt", "null", "--image_size", "32", "--max_iterations", "2", "--warmup_iterations", "1"]
 
 
 @pytest.mark.parametrize("debug", [False, True])

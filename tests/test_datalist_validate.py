@@ -312,6 +312,11 @@ def test_argument_and_file_checks(tmp_path, cls):
     with pytest.raises(UserInputError, match=r"--epochs must be >= 1, got -1"):
         check_run_inputs(cls, "classification", ["training"], counts={"epochs": -1})
     assert check_run_inputs(None, "images", [], files={"pretrained_ckpt": "none"}) is None
+    with pytest.raises(UserInputError, match=r"--warmup_iterations \(20\) must be less than --max_iterations \(2\)"):
+        check_run_inputs(None, "images", [], less_than={"warmup_iterations": (20, "max_iterations", 2)})
+    with pytest.raises(UserInputError, match=r"--warmup_epochs \(7\) must not exceed --epochs \(6\)"):
+        check_run_inputs(None, "images", [], at_most={"warmup_epochs": (7, "epochs", 6)})
+    check_run_inputs(None, "images", [], less_than={"warmup_iterations": (1, "max_iterations", 2)})
 
 
 def test_crash_aware_saver_writes_the_final_file_only_on_completion(tmp_path):

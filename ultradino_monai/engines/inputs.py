@@ -15,7 +15,7 @@ from typing import Any
 
 from ultradino_monai.data.validate import check_datalist
 from ultradino_monai.engines.config_values import check_count, optional_int, optional_path
-from ultradino_monai.utils.errors import MissingInputError
+from ultradino_monai.utils.errors import MissingInputError, UserInputError
 
 __all__ = ["check_run_inputs", "optional_int"]
 
@@ -28,6 +28,8 @@ def check_run_inputs(
     counts: Mapping[str, Any] | None = None,
     non_negative: Mapping[str, Any] | None = None,
     files: Mapping[str, Any] | None = None,
+    less_than: Mapping[str, tuple[Any, str, Any]] | None = None,
+    at_most: Mapping[str, tuple[Any, str, Any]] | None = None,
     labels: Mapping[str, int] | None = None,
     ignore_index: Any = None,
     ignore_sections: Sequence[str] | None = None,
@@ -43,6 +45,8 @@ def check_run_inputs(
         non_negative: option name -> value that must be an integer >= 0 (warmup, workers).
         files: option name -> path that must be an existing file (a model, a checkpoint); ``None`` / ``"none"``
             values are skipped (switched off).
+        less_than, at_most: option name -> ``(value, other option's name, its value)``: the value must be below
+            (at most) the other, e.g. ``{"warmup_iterations": (20, "max_iterations", 200)}``.
         labels, ignore_index, ignore_sections, decode: as in :func:`check_datalist` (``ignore_index`` may come
             from the command line as text; ``none`` switches it off).
     """
@@ -50,6 +54,12 @@ def check_run_inputs(
         check_count(name, value, 1)
     for name, value in (non_negative or {}).items():
         check_count(name, value, 0)
+    for name, (value, limit_name, limit) in (less_than or {}).items():
+        if not value < limit:
+            raise UserInputError(f"--{name} ({value}) must be less than --{limit_name} ({limit})")
+    for name, (value, limit_name, limit) in (at_most or {}).items():
+        if not value <= limit:
+            raise UserInputError(f"--{name} ({value}) must not exceed --{limit_name} ({limit})")
     for name, value in (files or {}).items():
         path = optional_path(value)
         if path is not None and not os.path.isfile(path):
