@@ -26,7 +26,14 @@ from ultradino_monai.networks.checkpoints import save_backbone
 from ultradino_monai.networks.dino_model import DinoModel
 from ultradino_monai.ssl import MultiCropMaskCollate
 from ultradino_monai.ssl.masking import collate_multicrop_with_masks
-from ultradino_monai.utils.distributed import get_rank, get_world_size, is_distributed, is_main_process, unwrap_model
+from ultradino_monai.utils.distributed import (
+    close_process_group,
+    get_rank,
+    get_world_size,
+    is_distributed,
+    is_main_process,
+    unwrap_model,
+)
 from ultradino_monai.utils.errors import MissingInputError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +45,7 @@ __all__ = [
     "as_bool",
     "optional_path",
     "assert_replicas_identical",
+    "close_process_group",
     "compile_backbones",
     "configure_run",
     "load_checkpoint",
