@@ -112,6 +112,21 @@ SCALES: dict[str, DemoScale] = {
         jnu_patients=3,
         jnu_shape=(128, 160),
     ),
+    # for experiments/gpu.yaml: about 7x the pretraining frames of the default archive (20 patients, the
+    # generator's maximum), 2.5x the FASS patients and twice the JNU patients, so that the few-shot test
+    # sets hold more than a handful of patients; the planes (the kNN monitor) as in the default
+    "large": DemoScale(
+        archive=ArchiveConfig(
+            n_patients=20,
+            studies_per_patient=(2, 3),
+            stills_per_study=(8, 12),
+            cines_per_study=(1, 2),
+            cine_frames=(16, 24),
+        ),
+        fass_patients=100,
+        jnu_videos=16,
+        jnu_patients=12,
+    ),
 }
 
 
@@ -349,7 +364,7 @@ def generate_demo(out_dir: str | os.PathLike, seed: int = 0, scale: str = "defau
     Args:
         out_dir: target folder (created). Only the paths in :data:`OWNED` are ever written or removed.
         seed: all content and every split derives from it.
-        scale: ``"default"`` (the embedded demo) or ``"tiny"`` (tests).
+        scale: ``"default"`` (the embedded demo), ``"tiny"`` (tests) or ``"large"`` (``experiments/gpu.yaml``).
         force: regenerate even if a complete demo of this seed is present.
 
     Returns:
