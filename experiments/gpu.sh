@@ -8,7 +8,7 @@
 #   4. the report (Table 1, groups.csv, figures) under OUT/results/report.
 # Everything reads local files only. Usage (from anywhere; paths are relative to the repository root):
 #   experiments/gpu.sh [--scale gpu|tiny] [--out DIR] [--no-nnunet] [--workers N]
-#     --scale tiny   the same steps on CPU in a few minutes (default demo data, a 2-block ViT-Ti at
+#     --scale tiny   the same steps on CPU in a few minutes (default demo data, a 4-block ViT-Ti at
 #                    32 / 16 px, 4 pretraining and 4 fine-tuning iterations, 2 draws): the test's scale
 #     --no-nnunet    leave out the nnU-Net arm (when nnunetv2 is not installed)
 #     --workers N    cells run side by side (gpu: N workers on GPU 0, default 4; tiny: CPU workers, default 1)
@@ -46,8 +46,10 @@ OUT=$(cd "$OUT" && pwd)
 
 # ---- prerequisites: one line naming everything that is missing
 command -v "$PY" >/dev/null || die "no Python interpreter '$PY' (set PYTHON)"
-MODULES="torch torchvision monai ignite pydicom timm yaml fire PIL sklearn matplotlib tensorboard scipy"
-[ "$NNUNET" = 1 ] && MODULES="$MODULES nnunetv2 SimpleITK batchgenerators dynamic_network_architectures acvl_utils"
+MODULES="torch torchvision monai ignite pydicom timm yaml fire termcolor PIL sklearn matplotlib tensorboard scipy"
+NNUNET_MODULES="nnunetv2 SimpleITK batchgenerators batchgeneratorsv2 dynamic_network_architectures acvl_utils cc3d"
+NNUNET_MODULES="$NNUNET_MODULES blosc2 pydantic nibabel yacs"
+[ "$NNUNET" = 1 ] && MODULES="$MODULES $NNUNET_MODULES"
 MISSING=$("$PY" -c '
 import importlib.util, sys
 print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))
@@ -86,8 +88,9 @@ if scale == "gpu":
     args.update(global_batch_size=64, epochs=40, epoch_length=64, eval_interval=320, checkpoint_interval=640,
                 num_workers=min(14, os.cpu_count() or 1), cache_rate=1.0)
 else:
-    # a 2-block ViT-Ti at 32 / 16 px for a handful of iterations: every step of the GPU run, in minutes on CPU
-    args.update(arch="vit_tiny", backbone_overrides={"depth": 2}, global_crops_size=32, local_crops_size=16,
+    # a 4-block ViT-Ti (UperNet takes one level per block) at 32 / 16 px for a handful of iterations:
+    # every step of the GPU run, in minutes on CPU
+    args.update(arch="vit_tiny", backbone_overrides={"depth": 4}, global_crops_size=32, local_crops_size=16,
                 n_local_crops=2, blur_kernel_size=3, source_max_side=96, num_prototypes=64, head_hidden_dim=64,
                 head_bottleneck_dim=32, global_batch_size=4, epochs=2, epoch_length=2, warmup_epochs=1,
                 warmup_teacher_temp_epochs=1, eval_interval=4, checkpoint_interval=4, num_workers=0, cache_rate=1.0)

@@ -65,7 +65,7 @@ def test_tiny_scale_runs_every_step_and_the_pretrained_arm_uses_the_export(tmp_p
     # the pretraining ran with the paper overlay under the tiny overrides and exported its teacher
     export = out / "pretrain" / "models" / "backbone.pt"
     sidecar = json.loads(export.with_suffix(".json").read_text())
-    assert (sidecar["arch"], sidecar["depth"], sidecar["img_size"]) == ("vit_tiny", 2, 32)
+    assert (sidecar["arch"], sidecar["depth"], sidecar["img_size"]) == ("vit_tiny", 4, 32)
     metrics = [json.loads(line) for line in (out / "pretrain" / "runs" / "gpu" / "metrics.jsonl").open()]
     assert any(r["kind"] == "eval" for r in metrics) and any(r["kind"] == "reference" for r in metrics)
     assert (out / "ingested" / "datalist.json").is_file()
