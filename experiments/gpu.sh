@@ -18,6 +18,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+# the cells and the nnU-Net harness start their own interpreters: they import this checkout too
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 SCALE=gpu
 OUT=runs/gpu
 NNUNET=1
@@ -126,12 +128,14 @@ log "ingesting $DEMO/archive -> $OUT/ingested"
     --workers "$(( $(nproc) > 8 ? 8 : $(nproc) ))" --no-progress >"$OUT/ingest.log" 2>&1 \
     || die "ingestion failed, see $OUT/ingest.log"
 
-# ---- 2. pretraining (skipped when its export exists)
+# ---- 2. pretraining (skipped when its export exists; continued from its newest checkpoint when one exists)
 CONFIGS="['bundles/pretrain/configs/train.json','bundles/pretrain/configs/ultradino_vits16.json']"
 if [ ! -f "$GPU_BACKBONE" ]; then
-    log "pretraining ($SCALE scale, $OUT/pretrain_args.json) -> $OUT/pretrain (log: $OUT/pretrain.log)"
-    "$PY" -m monai.bundle run --config_file "$CONFIGS" --args_file "$OUT/pretrain_args.json" \
-        >"$OUT/pretrain.log" 2>&1 || die "pretraining failed, see $OUT/pretrain.log"
+    RESUME=false
+    compgen -G "$OUT/pretrain/runs/gpu/checkpoints/*.pt" >/dev/null && RESUME=true
+    log "pretraining ($SCALE scale, $OUT/pretrain_args.json, resume $RESUME) -> $OUT/pretrain (log: $OUT/pretrain.log)"
+    "$PY" -m monai.bundle run --config_file "$CONFIGS" --args_file "$OUT/pretrain_args.json" --resume "$RESUME" \
+        >>"$OUT/pretrain.log" 2>&1 || die "pretraining failed, see $OUT/pretrain.log"
 fi
 [ -f "$GPU_BACKBONE" ] || die "pretraining wrote no export at $GPU_BACKBONE"
 log "pretraining done after $(( $(date +%s) - STARTED )) s: $GPU_BACKBONE"

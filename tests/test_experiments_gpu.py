@@ -59,13 +59,19 @@ def test_tiny_scale_runs_every_step_and_the_pretrained_arm_uses_the_export(tmp_p
     result = _run(["--scale", "tiny", "--out", str(out)], env={"OMP_NUM_THREADS": "2"}, timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(result.stdout)
+    check_tiny_outputs(out, result.stdout)
+
+
+def check_tiny_outputs(out: Path, stdout: str) -> None:
+    """The assertions on a finished ``gpu.sh --scale tiny --out OUT`` (its printed output: ``stdout``)."""
     results = out / "results"
-    assert f"report         {results}/report" in result.stdout
+    assert f"report         {results}/report" in stdout
 
     # the pretraining ran with the paper overlay under the tiny overrides and exported its teacher
     export = out / "pretrain" / "models" / "backbone.pt"
     sidecar = json.loads(export.with_suffix(".json").read_text())
-    assert (sidecar["arch"], sidecar["depth"], sidecar["img_size"]) == ("vit_tiny", 4, 32)
+    assert (sidecar["embed_dim"], sidecar["depth"], sidecar["img_size"]) == (192, 4, 32)  # ViT-Ti, 4 blocks
+    assert sidecar["extra"]["iterations"] == 4 and sidecar["init_values"] == 1e-05  # the paper overlay's LayerScale
     metrics = [json.loads(line) for line in (out / "pretrain" / "runs" / "gpu" / "metrics.jsonl").open()]
     assert any(r["kind"] == "eval" for r in metrics) and any(r["kind"] == "reference" for r in metrics)
     assert (out / "ingested" / "datalist.json").is_file()
@@ -82,7 +88,7 @@ def test_tiny_scale_runs_every_step_and_the_pretrained_arm_uses_the_export(tmp_p
         assert {r["checkpoint_sha256"] for r in records[task, "ultradino"]} == {export_sha}
         assert {r["checkpoint_sha256"] for r in records[task, "random_init"]} == {None}
         assert {r["method"] for r in records[task, "random_init"]} == {"scratch"}
-        assert {r["image_size"] for r in records[task, "ultradino"]} == {32}
+        assert all(r["image_size"] == [32, 32] for r in records[task, "ultradino"])
         # the arms are paired: the same split files
         assert {r["split_sha256"] for r in records[task, "ultradino"]} == {
             r["split_sha256"] for r in records[task, "random_init"]
@@ -90,13 +96,28 @@ def test_tiny_scale_runs_every_step_and_the_pretrained_arm_uses_the_export(tmp_p
 
     report = results / "report"
     table = (report / "table1.md").read_text().splitlines()
-    assert table[0] == "| Method (backbone) | JNU (p=4) | FASS (n=20) |"
-    assert [row.split(" | ")[0] for row in table[2:]] == [
+    assert table[0] == "| Method (backbone) | FASS (n=20) | JNU (p=4) |"
+    rows = [row.split(" | ")[0] for row in table[2:]]
+    assert rows[:2] == [
         "| UltraDINO (tiny ViT-Ti/16 CPU check) [reduced budget: demo]",
         "| scratch (tiny ViT-Ti/16 CPU check) [reduced budget: demo]",
-        "| nnUNet (UNet) [reduced budget: nnUNetTrainer_UltraDINOShort/2ep]",
     ]
+    # nnU-Net on the ViT arms' budget (4 steps x batch 2), through the budget trainer's name
+    assert len(rows) == 3 and rows[2].startswith("| nnUNet (UNet) [reduced budget: nnUNetTrainer_UltraDINOBudget_")
     with open(report / "groups.csv", newline="") as stream:
         groups = {(row["experiment_task"], row["method"]): int(row["n"]) for row in csv.DictReader(stream)}
     arms = ("UltraDINO", "scratch", "nnUNet")
     assert groups == {(task, arm): 2 for task in ("fass_fewshot", "jnu_fewshot") for arm in arms}
+
+    # one verdict row per pretrained-vs-baseline pair, with the paired mean difference of the records
+    with open(report / "verdicts.csv", newline="") as stream:
+        verdicts = {(r["task"], r["treatment_backbone"], r["baseline_backbone"]): r for r in csv.DictReader(stream)}
+    tasks = ("fass_fewshot", "jnu_fewshot")
+    assert set(verdicts) == {(task, "ultradino", baseline) for task in tasks for baseline in ("random_init", "nnunet")}
+    for (task, _, baseline), row in verdicts.items():
+        assert row["n"] == "2" and row["verdict"] in ("ahead", "behind", "within noise")
+        assert row["matched_by"] == "steps x batch" and row["baseline_budget"].startswith(row["treatment_budget"])
+        mine = {r["split_sha256"]: r["metrics"]["foreground_dice"] for r in records[task, "ultradino"]}
+        theirs = {r["split_sha256"]: r["metrics"]["foreground_dice"] for r in records[task, baseline]}
+        expected = sum(mine[key] - theirs[key] for key in mine) / len(mine)
+        assert float(row["mean_difference"]) == pytest.approx(expected, abs=1e-9)
