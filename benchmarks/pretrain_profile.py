@@ -2,7 +2,7 @@
 
 Builds the trainer as ``pretrain_e2e.py`` does (train.json + the paper overlay), runs ``--steps``
 iterations on one in-memory batch under ``torch.profiler``, and prints the operators with the most
-device time (CUDA) or CPU time, each as a share of the step. The same run's images/s for larger
+device time (CUDA kernels) or self CPU time, each as a share of the step. The same run's images/s for larger
 per-GPU batches (``--batches``) show how far batching alone goes.
 
 Usage::
