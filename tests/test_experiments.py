@@ -581,6 +581,15 @@ def test_report_verdicts_equal_hand_computed_paired_intervals(planned, tmp_path,
         assert image.format == "PNG" and image.size[1] > 200
 
 
+def test_the_readme_results_block_is_the_generated_one():
+    """README.md holds one generated block (``report --readme`` replaces it) and no verdict word outside it."""
+    text = (REPO / "README.md").read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1 and text.index(BEGIN) < text.index(END)
+    outside = text[: text.index(BEGIN)] + text[text.index(END) :]
+    for word in ("within noise", "**ahead**", "**behind**"):
+        assert word not in outside
+
+
 @pytest.mark.parametrize(
     "steps, schedule",
     [(200, (8, 25)), (60, (3, 20)), (7, (1, 7)), (1, (1, 1)), (2503, (101, 25)), (101, (5, 25)), (2000, (80, 25))],
