@@ -558,7 +558,8 @@ def test_report_verdicts_equal_hand_computed_paired_intervals(planned, tmp_path,
     assert single["n"] == "1" and single["verdict"] == "within noise" and single["low"] == "-inf"
     # every comparison row states both arms' budgets (the Short trainer is nnU-Net's own schedule: not matched)
     assert rows[("fewshot", "fewshot_n2", "rnd")]["treatment_budget"] == "3 steps × batch 8"
-    assert rows[("full", "full", "rnd")]["matched_by"] == "none"
+    assert rows[("full", "full", "rnd")]["matched_by"] == "steps x batch"  # two ViT arms of one config
+    assert rows[("full", "full", "unet")]["matched_by"] == "none"  # the Short trainer: nnU-Net's own schedule
     assert rows[("full", "full", "unet")]["baseline_budget"].startswith("nnUNetTrainer_UltraDINOShort")
     # the same words in verdicts.md, report.md, the printout and the README block; prose outside untouched
     ahead_line = (

@@ -117,6 +117,11 @@ def comparison_rows(
                     if not mine or not theirs or not set(mine) & set(theirs):
                         continue
                     result, keys = paired_by_key(mine, theirs, confidence)
+                    budgets = (arms_budget.get(treatment, "?"), arms_budget.get(baseline, "?"))
+                    matched_by = budget.get("matched_by", "?")
+                    if budgets[0] == budgets[1] != "?":
+                        # two arms of one budget (one bundle config), whatever the task's other arms train on
+                        matched_by = "steps x batch" if task["kind"] == "segmentation" else "recipe"
                     rows.append(
                         {
                             "task": task_name,
@@ -133,9 +138,9 @@ def comparison_rows(
                             "high": result.high,
                             "confidence": confidence,
                             "verdict": result.verdict,
-                            "treatment_budget": arms_budget.get(treatment, "?"),
-                            "baseline_budget": arms_budget.get(baseline, "?"),
-                            "matched_by": budget.get("matched_by", "?"),
+                            "treatment_budget": budgets[0],
+                            "baseline_budget": budgets[1],
+                            "matched_by": matched_by,
                             "unpaired": len(set(mine) ^ set(theirs)),
                             "pairs": keys,
                         }
