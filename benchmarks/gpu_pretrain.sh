@@ -11,11 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shards=${1:?usage: bash benchmarks/gpu_pretrain.sh SHARDS_DIR [WORKERS]}
 workers=${2:-$(($(nproc) - 2))}
+py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 for run in "vit_small 128" "vit_small 128 --compile" "vit_base 64" "vit_base 64 --compile"; do
     set -- $run
     echo "== $run"
-    python benchmarks/pretrain_e2e.py --device cuda --arch "$1" --batch "$2" "${@:3}" \
+    "$py" benchmarks/pretrain_e2e.py --device cuda --arch "$1" --batch "$2" "${@:3}" \
         --workers "$workers" --dataset-dir "$shards" --iterations 30 --warmup 8 2>&1 | grep -v " - INFO - "
 done
