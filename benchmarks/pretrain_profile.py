@@ -14,25 +14,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import torch
-from pretrain_e2e import OVERLAYS, bundle
+from pretrain_e2e import OVERLAYS, bundle, step_rate
 from torch.profiler import ProfilerActivity, profile
-
-
-def step_images_per_second(trainer, batch_data, batch: int, steps: int, device) -> float:
-    trainer.state.iteration, trainer.state.epoch = 1, 1
-    for _ in range(3):
-        trainer._iteration(trainer, batch_data)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer._iteration(trainer, batch_data)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
@@ -60,7 +45,7 @@ def main(argv=None) -> int:
             size = int(config.get_parsed_content("batch_size_per_device"))
             trainer = config.get_parsed_content("train#trainer")
             batch_data = next(iter(config.get_parsed_content("train#dataloader")))
-            rate = step_images_per_second(trainer, batch_data, size, args.steps, device)
+            rate, _ = step_rate(trainer, batch_data, size, 3, args.steps, device)
             print(f"# {args.arch}, batch {size}, {device}: step alone {rate:.1f} img/s")
             if position > 0:  # timing only
                 continue

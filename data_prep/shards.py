@@ -40,6 +40,7 @@ import webdataset as wds
 
 from ultradino_monai.data.datalist import DatalistError, read_datalist
 from ultradino_monai.data.shards import SHARD_FORMAT, SHARD_INDEX, SHARD_PATTERN, read_shard_index, sample_key
+from ultradino_monai.utils.cli import positive_int
 from ultradino_monai.utils.errors import UserInputError
 from ultradino_monai.utils.files import atomic_write, sha256_file, write_json_atomic
 from ultradino_monai.utils.logs import setup_logging
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("ingest_dir", metavar="INGEST_DIR", help="a data_prep.ingest output (datalist.json, images/)")
     parser.add_argument("shards_dir", metavar="SHARDS_DIR", help="output folder (created; resumable)")
     parser.add_argument("--shard-size-mb", type=float, default=512, help="largest shard in MiB (default 512)")
-    parser.add_argument("--workers", type=int, default=1, help="shards written in parallel (default 1)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="shards written in parallel (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace shards written from another input")
     parser.add_argument("--verify", action="store_true", help="afterwards, re-hash and count every shard")
     return parser

@@ -14,31 +14,12 @@ import logging
 import sys
 import time
 
+from ultradino_monai.utils.cli import non_negative_int, positive_int
 from ultradino_monai.utils.logs import setup_logging
 
 from .config import BannerPolicy, ConfigError, IngestConfig
 from .keys import SecretKeyError, load_secret_key
 from .pipeline import IngestError, run_ingest
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _banner_policy(text: str) -> BannerPolicy:
@@ -59,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--secret-file", required=True, metavar="KEYFILE", help="file holding the secret HMAC key (>= 16 bytes)"
     )
     parser.add_argument(
-        "--workers", type=_non_negative_int, default=1, help="worker processes (default 1; 0 = in-process)"
+        "--workers", type=non_negative_int, default=1, help="worker processes (default 1; 0 = in-process)"
     )
-    parser.add_argument("--frame-stride", type=_positive_int, default=1, metavar="K", help="keep every K-th cine frame")
+    parser.add_argument("--frame-stride", type=positive_int, default=1, metavar="K", help="keep every K-th cine frame")
     parser.add_argument("--keep-dicom", action="store_true", help="also write de-identified DICOM under OUTPUT/dicom")
     parser.add_argument(
         "--ocr-check", action="store_true", help="OCR every written frame and quarantine frames with PHI-like text"
@@ -73,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="without a usable US region: 'quarantine' (default) or 'mask-top-N' (black out the top N rows)",
     )
     parser.add_argument(
-        "--max-pixels", type=_positive_int, default=IngestConfig.max_pixels, help="reject frames with more Rows*Columns"
+        "--max-pixels", type=positive_int, default=IngestConfig.max_pixels, help="reject frames with more Rows*Columns"
     )
     parser.add_argument(
-        "--max-frames", type=_positive_int, default=IngestConfig.max_frames, help="reject files declaring more frames"
+        "--max-frames", type=positive_int, default=IngestConfig.max_frames, help="reject files declaring more frames"
     )
     parser.add_argument(
         "--dedup-threshold",

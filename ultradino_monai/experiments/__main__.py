@@ -19,19 +19,10 @@ from collections.abc import Sequence
 
 from ultradino_monai.experiments.parse import load_spec
 from ultradino_monai.experiments.spec import SpecError
+from ultradino_monai.utils.cli import positive_int
 from ultradino_monai.utils.logs import setup_logging
 
 __all__ = ["build_parser", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _gpu_ids(text: str) -> list[str]:
@@ -62,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus", type=_gpu_ids, default=None, help="comma-separated GPU ids: one worker per GPU (CUDA_VISIBLE_DEVICES)"
     )
     where.add_argument(
-        "--workers", type=_positive_int, default=None, help="CPU workers (>= 1) when no --gpus (default 1)"
+        "--workers", type=positive_int, default=None, help="CPU workers (>= 1) when no --gpus (default 1)"
     )
     run.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
     run.add_argument("--backbones", nargs="+", default=None, help="run only these backbones")
