@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ultradino_monai.data.validate import check_datalist
+from ultradino_monai.utils.logs import setup_logging
 
 
 def make_files(root: Path, count: int, shape=(240, 320)) -> list[str]:
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--per-file-entries", type=int, default=20_000, help="set size for the per-file costs")
     parser.add_argument("--label-maps", type=int, default=1_000, help="segmentation entries for the pixel check")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(logging.WARNING)
     n = args.entries
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ SCRIPT = REPO / "experiments" / "gpu.sh"
 
 
 def _run(args, env=None, timeout=120):
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    # the script's interpreter is $PYTHON (python3 by default, as on the GPU machine): this one, with the project
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, **(env or {})}
     return subprocess.run(
         ["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
