@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from data_prep.phantom import PLANE_CLASSES, render_plane
@@ -71,6 +72,10 @@ def run_two_launchers(args: list[str], env: dict, timeout: float = 300) -> tuple
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # The test hosts the rendezvous store, so both launchers are its clients. When a launcher hosts it,
+    # the other can lose it at torchrun's exit barrier once the host leaves first, and then waits out the
+    # barrier's 300 s (seen once in CI after both ranks had finished training).
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test{port}",
                 "--rdzv-conf", "join_timeout=120", "--max-restarts", "0"]  # fmt: skip
@@ -95,7 +100,14 @@ def run_two_launchers(args: list[str], env: dict, timeout: float = 300) -> tuple
                     os.killpg(p.pid, signal.SIGTERM)
             break
         time.sleep(0.2)
-    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=30)[0])
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            outputs.append(p.communicate()[0])
+    del store
     return [p.returncode for p in procs], outputs
 
 
