@@ -133,23 +133,37 @@ def _fingerprint(frames: Sequence[Frame]) -> str:
     return digest.hexdigest()
 
 
+class _HashingStream:
+    """A write-only binary stream that feeds every byte to sha256 on its way to the file.
+
+    The shard is hashed while it is written, not read back afterwards (about 200 GB at 2M frames).
+    tarfile's stream mode (``"w|"``, what ``TarWriter`` uses) only calls ``write``.
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.stream.write(data)
+
+
 def write_shard(path: str, frames: Sequence[Frame]) -> dict[str, Any]:
     """Write one tar shard atomically; return its index entry (name, samples, bytes, sha256)."""
+    hashed: dict[str, str] = {}
 
     def fill(temporary: Path) -> None:
         with open(temporary, "wb") as stream:
-            writer = wds.TarWriter(stream, mtime=0, user="ultradino", group="ultradino", mode=0o444)
+            hashing = _HashingStream(stream)
+            writer = wds.TarWriter(hashing, mtime=0, user="ultradino", group="ultradino", mode=0o444)
             for frame in frames:
                 writer.write({"__key__": frame.key, "png": Path(frame.png).read_bytes(), "json": frame.record})
             writer.close()
+            hashed["sha256"] = hashing.digest.hexdigest()
 
     atomic_write(path, fill, prefix=TEMP_PREFIX)
-    return {
-        "name": Path(path).name,
-        "num_samples": len(frames),
-        "bytes": os.path.getsize(path),
-        "sha256": sha256_file(path),
-    }
+    return {"name": Path(path).name, "num_samples": len(frames), "bytes": os.path.getsize(path), **hashed}
 
 
 def _write_planned(args: tuple[str, str, list[Frame]]) -> dict[str, Any]:

@@ -156,7 +156,8 @@ def pretrain_dataloader(
             batch_size,
         )
         return DataLoader(stream, **loader_options)
-    items = load_datalist(source, section)
+    # the run's first step (check_run_inputs) already checked every entry and file; no second stat per file
+    items = load_datalist(source, section, check_files=False)
     if not items:
         raise ValueError(f"{source}: section {section!r} is empty; nothing to pretrain on")
     if cache_rate > 0:
