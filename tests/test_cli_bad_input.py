@@ -219,10 +219,15 @@ CASES = {
         )
         for value in ("0", "-2")
     },
-    "experiments_gpus_repeated": Case(
-        ["ultradino_monai.experiments", "run", str(REPO / "experiments" / "demo.yaml"), "--gpus", "0,0"],
+    "experiments_gpus_empty_id": Case(
+        ["ultradino_monai.experiments", "run", str(REPO / "experiments" / "demo.yaml"), "--gpus", "0,,1"],
         2,
-        r"argument --gpus: GPU id\(s\) \['0'\] listed twice$",
+        r"argument --gpus: expected comma-separated GPU ids such as 0,1, got '0,,1'$",
+    ),
+    "experiments_gpus_malformed": Case(
+        ["ultradino_monai.experiments", "run", str(REPO / "experiments" / "demo.yaml"), "--gpus", "cuda:0"],
+        2,
+        r"argument --gpus: GPU id 'cuda:0' is neither an index >= 0 nor a GPU-/MIG- UUID$",
     ),
 }
 

@@ -425,6 +425,16 @@ def test_cli_dry_run_and_status(planned):
     assert main(["status", str(spec.results_dir)]) == 0
 
 
+def test_a_repeated_gpu_id_puts_that_many_workers_on_the_gpu():
+    """``--gpus 0,0,1`` (experiments/gpu.sh shares one GPU between 4 workers): two workers on GPU 0, one on 1."""
+    from ultradino_monai.experiments.__main__ import build_parser
+
+    args = build_parser().parse_args(["run", "experiments/gpu.yaml", "--gpus", "0,0,1"])
+    assert args.gpus == ["0", "0", "1"]
+    environments = grid.worker_environments(args.gpus, None)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in environments] == ["0", "0", "1"]
+
+
 # ------------------------------------------------------------------------------ report
 def test_report_numbers_equal_hand_computed_mean_and_sem(planned, tmp_path):
     spec, jobs = planned

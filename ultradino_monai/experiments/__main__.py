@@ -26,16 +26,16 @@ __all__ = ["build_parser", "main"]
 
 
 def _gpu_ids(text: str) -> list[str]:
-    """``"0,1"`` -> ``["0", "1"]``: CUDA_VISIBLE_DEVICES entries (indices >= 0 or GPU-/MIG- UUIDs), none repeated."""
+    """``"0,1"`` -> ``["0", "1"]``: CUDA_VISIBLE_DEVICES entries (indices >= 0 or GPU-/MIG- UUIDs).
+
+    An id listed k times gets k workers: ``0,0,0,0`` runs four cells side by side on one GPU.
+    """
     ids = [part.strip() for part in text.split(",")]
     if not ids or any(not gpu for gpu in ids):
         raise argparse.ArgumentTypeError(f"expected comma-separated GPU ids such as 0,1, got {text!r}")
     for gpu in ids:
         if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-"))):
             raise argparse.ArgumentTypeError(f"GPU id {gpu!r} is neither an index >= 0 nor a GPU-/MIG- UUID")
-    repeated = sorted({gpu for gpu in ids if ids.count(gpu) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"GPU id(s) {repeated} listed twice")
     return ids
 
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results_dir", default=None, help="override the file's results_dir")
     where = run.add_mutually_exclusive_group()
     where.add_argument(
-        "--gpus", type=_gpu_ids, default=None, help="comma-separated GPU ids: one worker per GPU (CUDA_VISIBLE_DEVICES)"
+        "--gpus", type=_gpu_ids, default=None, help="comma-separated GPU ids, one worker each (CUDA_VISIBLE_DEVICES); repeat an id to share that GPU"
     )
     where.add_argument(
         "--workers", type=positive_int, default=None, help="CPU workers (>= 1) when no --gpus (default 1)"
