@@ -369,43 +369,15 @@ def test_repeat_driver_runs_the_linear_probe_over_seeds(setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrained_demo_backbone_beats_random_init_in_the_linear_probe(tmp_path):
+def test_pretrained_demo_backbone_beats_random_init_in_the_linear_probe(tmp_path, demo_backbone):
     """The pretrain bundle's demo backbone vs a random init of the same ViT: linear-probe test macro F1 on the
-    demo planes.
-
-    Uses the backbone file named by ``$CLASSIFICATION_TEST_BACKBONE``, else
-    ``bundles/pretrain/models/backbone.pt`` when it exists, else runs the pretrain bundle's demo
-    (tens of minutes on 2 shared CPU cores) into ``tmp_path``.
+    demo planes. The backbone is the ``demo_backbone`` fixture (tests/conftest.py).
     """
     from data_prep.demo import generate_demo
 
     demo_dir = REPO / "demo_data"
     generate_demo(demo_dir, seed=0)
-    backbone = Path(
-        os.environ.get("CLASSIFICATION_TEST_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt")
-    )
-    if not backbone.is_file():
-        pretrain_root = tmp_path / "pretrain"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "monai.bundle",
-                "run",
-                "--config_file",
-                "bundles/pretrain/configs/train.json",
-                "--bundle_root",
-                str(pretrain_root),
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=7200,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        backbone = pretrain_root / "models" / "backbone.pt"
+    backbone = demo_backbone
     sidecar = json.loads(backbone.with_suffix(".json").read_text())
     common = {
         "bundle_root": str(tmp_path / "classification"),

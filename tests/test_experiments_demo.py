@@ -2,8 +2,7 @@
 and the report's paired verdicts of the pretrained demo backbone against a random init of the same
 architecture: ahead in the linear probe, not behind in FASS few-shot (tests/README.md).
 
-The backbone is ``$ULTRADINO_PRETRAINED_BACKBONE`` or ``bundles/pretrain/models/backbone.pt`` when
-one exists, otherwise the pretrain bundle's demo is run first (into tmp_path). The issue's budget
+The backbone is the ``demo_backbone`` fixture (tests/conftest.py). The issue's budget
 for the grid is 30 minutes on 2 CPU cores; the measured time is printed.
 """
 
@@ -30,33 +29,8 @@ def _env(**extra):
 
 
 @pytest.mark.slow
-def test_demo_grid_end_to_end(tmp_path):
-    backbone = Path(
-        os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt")
-    )
-    if not backbone.is_file():
-        root = tmp_path / "pretrain"
-        completed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "monai.bundle",
-                "run",
-                "--config_file",
-                "bundles/pretrain/configs/train.json",
-                "--bundle_root",
-                str(root),
-                "--output_dir",
-                str(root / "runs" / "demo"),
-            ],
-            cwd=REPO,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-        backbone = root / "models" / "backbone.pt"
+def test_demo_grid_end_to_end(tmp_path, demo_backbone):
+    backbone = demo_backbone
     results = tmp_path / "results"
     env = _env(ULTRADINO_PRETRAINED_BACKBONE=str(backbone))
     started = time.perf_counter()

@@ -251,13 +251,12 @@ def _run_cli(configs, overrides, cwd, timeout):
 
 
 @pytest.mark.slow
-def test_fewshot_pretrained_backbone_is_ahead_of_random_init(tmp_path):
+def test_fewshot_pretrained_backbone_is_ahead_of_random_init(tmp_path, demo_backbone):
     """Demo FASS, few-shot n = 20 (ultradino_monai.data.splits), 4 draws, same seed and schedule for both arms.
 
-    The backbone is ``$ULTRADINO_PRETRAINED_BACKBONE`` or ``bundles/pretrain/models/backbone.pt``
-    when one exists, otherwise the pretrain bundle's demo is run first (into tmp_path). The
-    random-init arm has the pretrained backbone's exact architecture. Both arms run through the
-    shared repeat driver (train + evaluate per draw, mean ± SEM).
+    The backbone is the ``demo_backbone`` fixture (tests/conftest.py). The random-init arm has the
+    pretrained backbone's exact architecture.
+    Both arms run through the shared repeat driver (train + evaluate per draw, mean ± SEM).
 
     The protocol is the demo grid's FASS (n=20) cell (``experiments/demo.yaml``: the bundle's demo
     recipe, 200 iterations, the same 4 draws). The paper-scale +5 Dice is out of reach at 64 px
@@ -275,23 +274,7 @@ def test_fewshot_pretrained_backbone_is_ahead_of_random_init(tmp_path):
 
     demo_dir = tmp_path / "demo"
     generate_demo(demo_dir, seed=0)
-    backbone = Path(
-        os.environ.get("ULTRADINO_PRETRAINED_BACKBONE", REPO / "bundles" / "pretrain" / "models" / "backbone.pt")
-    )
-    if not backbone.is_file():
-        pretrain_root = tmp_path / "pretrain"
-        backbone = pretrain_root / "models" / "backbone.pt"
-        _run_cli(
-            [REPO / "bundles" / "pretrain" / "configs" / "train.json"],
-            {
-                "bundle_root": str(pretrain_root),
-                "demo_dir": str(demo_dir),
-                "output_dir": str(pretrain_root / "runs" / "demo"),
-            },
-            REPO,
-            3600,
-        )
-    assert backbone.is_file()
+    backbone = demo_backbone
     sidecar = json.loads(backbone.with_suffix(".json").read_text())
     splits = [
         p
