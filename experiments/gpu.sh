@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# experiments/gpu.yaml end to end on one GPU (issue 17, item 3), about 12 minutes on an H200:
+# experiments/gpu.yaml end to end on one GPU (issue 17, item 3); on an H200 with 16 CPU cores about 14 minutes
+# without the nnU-Net arm (experiments/README.md has the measured steps):
 #   1. the large demo (python -m data_prep.demo --scale large) and its archive ingested (data_prep.ingest);
 #   2. ViT-S/16 pretraining with the paper overlay (bundles/pretrain/configs/ultradino_vits16.json) at
 #      224 / 96 px crops, batch 64 for 1,536 iterations with the demo's short-schedule SSL values;
@@ -11,7 +12,7 @@
 #     --scale tiny   the same steps on CPU in a few minutes (default demo data, a 4-block ViT-Ti at
 #                    32 / 16 px, 4 pretraining and 4 fine-tuning iterations, 2 draws): the test's scale
 #     --no-nnunet    leave out the nnU-Net arm (when nnunetv2 is not installed)
-#     --workers N    cells run side by side (gpu: N workers on GPU 0, default 4; tiny: CPU workers, default 1)
+#     --workers N    cells run side by side (gpu: N workers on GPU 0, default 6; tiny: CPU workers, default 1)
 # Variables: PYTHON (interpreter, default python3), PRETRAIN_ARGS (a JSON object merged last into the
 # pretraining overrides, e.g. '{"epochs": 20}').
 set -euo pipefail
@@ -150,7 +151,7 @@ log "pretraining done after $(( $(date +%s) - STARTED )) s: $GPU_BACKBONE"
 BACKBONES=()
 [ "$NNUNET" = 1 ] || BACKBONES=(--backbones ultradino random_init)
 if [ "$SCALE" = gpu ]; then
-    n=${WORKERS:-4}
+    n=${WORKERS:-6}
     PLACES=(--gpus "$(printf '0%.0s,' $(seq "$n") | sed 's/,$//')")
 else
     PLACES=(--workers "${WORKERS:-1}")

@@ -13,6 +13,7 @@ from ultradino_monai.evaluation.paired import (
     WITHIN_NOISE,
     paired_by_key,
     paired_difference,
+    t_half_width,
     verdict_of,
 )
 
@@ -23,6 +24,13 @@ T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446}
 def test_table_quantiles_are_scipys():
     for df, value in T975.items():
         assert stats.t.ppf(0.975, df) == pytest.approx(value, abs=1e-6)
+
+
+def test_error_bar_half_width_is_t_times_sem():
+    # the figures' error bar of a mean: SEM 0.5 over 2 runs -> 12.706 * 0.5; over 4 runs -> 3.182 * 0.5
+    assert t_half_width(0.5, 2) == pytest.approx(6.353103)
+    assert t_half_width(0.5, 4) == pytest.approx(1.591223)
+    assert t_half_width(0.5, 1) == math.inf
 
 
 def test_ahead_four_pairs_by_hand():

@@ -36,6 +36,7 @@ __all__ = [
     "VERDICTS",
     "PairedComparison",
     "verdict_of",
+    "t_half_width",
     "paired_difference",
     "paired_by_key",
 ]
@@ -78,6 +79,17 @@ def verdict_of(low: float, high: float) -> str:
     return WITHIN_NOISE
 
 
+def t_half_width(sem: float, n: int, confidence: float = 0.95) -> float:
+    """Half-width ``t_{1-α/2, n-1} · SEM`` of the two-sided t interval of a mean over n values.
+
+    ``inf`` for n < 2 (no variance estimate). The figures draw it as the error bar of a mean, and
+    :func:`paired_difference` uses it for the mean difference.
+    """
+    if n < 2:
+        return math.inf
+    return float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * float(sem)
+
+
 def paired_difference(
     treatment: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
 ) -> PairedComparison:
@@ -106,7 +118,7 @@ def paired_difference(
     if n == 1:
         return PairedComparison(1, mean, 0.0, -math.inf, math.inf, confidence, WITHIN_NOISE, (mean,))
     sd = float(differences.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * sd / math.sqrt(n)
+    half = t_half_width(sd / math.sqrt(n), n, confidence)
     low, high = mean - half, mean + half
     return PairedComparison(n, mean, sd, low, high, confidence, verdict_of(low, high), tuple(differences.tolist()))
 

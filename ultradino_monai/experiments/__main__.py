@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results_dir", default=None, help="override the file's results_dir")
     where = run.add_mutually_exclusive_group()
     where.add_argument(
-        "--gpus", type=_gpu_ids, default=None, help="comma-separated GPU ids, one worker each (CUDA_VISIBLE_DEVICES); repeat an id to share that GPU"
+        "--gpus",
+        type=_gpu_ids,
+        default=None,
+        help="comma-separated GPU ids, one worker each; repeat an id to share that GPU",
     )
     where.add_argument(
         "--workers", type=positive_int, default=None, help="CPU workers (>= 1) when no --gpus (default 1)"

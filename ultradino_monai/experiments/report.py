@@ -11,8 +11,8 @@ aggregated by :mod:`ultradino_monai.evaluation.aggregate` (mean ± SEM, SEM = sa
 =====================  ======================================================================
 ``table1.md``/``.csv``  Table 1 layout: one column per task with a ``column`` title
 ``groups.csv``          every (task, backbone) group: n, mean, std, SEM (unscaled)
-``label_efficiency.png``  Dice vs % of training data, one line per backbone (paper Fig. 1b)
-``fewshot_<task>.png``  few-shot Dice per backbone, bars with SEM (paper Fig. 1a)
+``label_efficiency.png``  Dice vs % of training data, one line per backbone, 95 % t intervals (paper Fig. 1b)
+``fewshot_<task>.png``  few-shot Dice per backbone, bars with 95 % t intervals (paper Fig. 1a)
 ``verdicts.md``/``.csv``  paired pretrained-vs-baseline differences, 95 % t intervals, verdict words
                         (:mod:`ultradino_monai.experiments.verdicts`)
 ``paired_differences.png``  the same as a forest plot: mean difference with its interval as error bar
@@ -44,6 +44,7 @@ from ultradino_monai.evaluation.aggregate import (
     write_aggregate_csv,
     write_table1_csv,
 )
+from ultradino_monai.evaluation.paired import t_half_width
 from ultradino_monai.experiments.readme import replace_block, results_snippet
 from ultradino_monai.experiments.verdicts import (
     METRIC_OF_KIND,
@@ -178,6 +179,11 @@ def label_efficiency_points(
     return points
 
 
+def _error_bar(sem: float, n: int) -> float:
+    """The 95 % t interval's half-width of a mean of n runs; 0 (no bar) for a single run."""
+    return t_half_width(sem, n) if n > 1 else 0.0
+
+
 def _pyplot():
     import matplotlib
 
@@ -197,7 +203,11 @@ def plot_label_efficiency(
     title: str = "Label efficiency",
     metric: str = "foreground_dice",
 ) -> Path:
-    """Line plot: metric (×100) vs % of training data, one line per backbone, SEM error bars."""
+    """Line plot: metric (×100) vs % of training data, one line per backbone.
+
+    Error bars: the 95 % t interval of each mean (:func:`~ultradino_monai.evaluation.paired.t_half_width`);
+    a point from a single run has none.
+    """
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
     percents = sorted({p for series in points.values() for p in series})
@@ -205,11 +215,11 @@ def plot_label_efficiency(
     for index, (label, series) in enumerate(points.items()):
         xs = sorted(series)
         means = [100 * series[x][0] for x in xs]
-        sems = [100 * series[x][1] for x in xs]
+        halves = [_error_bar(100 * series[x][1], series[x][2]) for x in xs]
         axis.errorbar(
             xs,
             means,
-            yerr=sems,
+            yerr=halves,
             marker=markers[index % len(markers)],
             capsize=4,
             linewidth=1.8,
@@ -229,7 +239,7 @@ def plot_label_efficiency(
     axis.text(
         0.99,
         0.01,
-        f"mean ± SEM over n = {'/'.join(map(str, n_values))} runs",
+        f"mean and 95 % t interval over n = {'/'.join(map(str, n_values))} runs",
         transform=axis.transAxes,
         ha="right",
         va="bottom",
@@ -244,21 +254,25 @@ def plot_label_efficiency(
 def plot_fewshot_bars(
     rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str, metric: str = "foreground_dice"
 ) -> Path:
-    """Bar plot of :func:`aggregate` rows (one bar per backbone): mean ×100 with SEM error bars, value on top."""
+    """Bar plot of :func:`aggregate` rows (one bar per backbone): mean ×100 with its 95 % t interval.
+
+    The value and the interval are printed on each bar; a bar from a single run has no interval.
+    """
     plt = _pyplot()
     labels = [f"{row['method']} ({row['backbone']})" for row in rows]
     means = np.array([100 * row["mean"] for row in rows])
-    sems = np.array([100 * row["sem"] for row in rows])
+    halves = np.array([_error_bar(100 * row["sem"], row["n"]) for row in rows])
     figure, axis = plt.subplots(figsize=(max(4.8, 1.5 * len(rows) + 1.5), 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     bars = axis.bar(
-        range(len(rows)), means, yerr=sems, capsize=5, color=[colors[i % len(colors)] for i in range(len(rows))]
+        range(len(rows)), means, yerr=halves, capsize=5, color=[colors[i % len(colors)] for i in range(len(rows))]
     )
-    for bar, mean, sem, row in zip(bars, means, sems, rows):
+    for bar, mean, half, row in zip(bars, means, halves, rows):
+        interval = f"[{mean - half:.1f}, {mean + half:.1f}]" if row["n"] > 1 else "no interval"
         axis.text(
             bar.get_x() + bar.get_width() / 2,
-            mean + sem + 0.01 * max(1.0, means.max()),
-            f"{mean:.1f} ± {sem:.1f}\n(n={row['n']})",
+            mean + half + 0.01 * max(1.0, means.max()),
+            f"{mean:.1f}\n{interval}\n(n={row['n']})",
             ha="center",
             va="bottom",
             fontsize=8,
@@ -268,7 +282,17 @@ def plot_fewshot_bars(
         labels, rotation=20 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center", fontsize=8
     )
     axis.set_ylabel(f"test {_METRIC_TITLE.get(metric, metric)} (×100)")
-    axis.set_ylim(0, max(1.0, float((means + sems).max())) * 1.25)
+    axis.set_ylim(0, max(1.0, float((means + halves).max())) * 1.3)
+    axis.text(
+        0.99,
+        0.99,
+        "bars: 95 % t interval of the mean",
+        transform=axis.transAxes,
+        ha="right",
+        va="top",
+        fontsize=7,
+        color="0.35",
+    )
     axis.set_title(title)
     axis.grid(True, axis="y", alpha=0.3)
     result = _save(figure, Path(path))
@@ -465,7 +489,7 @@ def render_report(
                     bars,
                     out_dir / f"fewshot_{task}.png",
                     metric=metric,
-                    title=report["fewshot_bars"].get("title", f"{column}: test {_METRIC_TITLE[metric]}, mean ± SEM"),
+                    title=report["fewshot_bars"].get("title", f"{column}: test {_METRIC_TITLE[metric]}"),
                 )
             )
         else:
