@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from ultradino_monai.experiments import plan as grid_plan
 from ultradino_monai.experiments import runner as grid
 from ultradino_monai.experiments.parse import load_spec, parse_spec
 from ultradino_monai.experiments.prepare import prepare_datasets
-from ultradino_monai.experiments.readme import BEGIN, END
+from ultradino_monai.experiments.readme import BLOCK_PATTERN, block_markers, replace_block, results_snippet
 from ultradino_monai.experiments.report import label_efficiency_points, load_cell_records, render_report
 from ultradino_monai.experiments.spec import SpecError
 
@@ -364,7 +365,8 @@ def test_runner_skips_done_cells_runs_the_rest_in_parallel_and_retries_failures(
     jobs[0].result_path.write_text("{}")  # already finished: must not run
     before = jobs[0].result_path.stat().st_mtime_ns
     environments = [{"OMP_NUM_THREADS": "1", "UD_SLOT": "a"}, {"OMP_NUM_THREADS": "1", "UD_SLOT": "b"}]
-    runner = grid.GridRunner(spec, jobs, environments, poll_seconds=0.05)
+    command = ["python", "-m", "ultradino_monai.experiments", "run", "exp.yaml", "--gpus", "0,0"]
+    runner = grid.GridRunner(spec, jobs, environments, poll_seconds=0.05, command=command)
     started = time.perf_counter()
     summary = runner.run()
     assert time.perf_counter() - started < 15
@@ -376,6 +378,7 @@ def test_runner_skips_done_cells_runs_the_rest_in_parallel_and_retries_failures(
     assert {json.loads(job.result_path.read_text())["omp"] for job in jobs[1:4]} == {"1"}
     status = json.loads((spec.results_dir / "status.json").read_text())
     assert status["counts"] == {"done": 4, "running": 0, "failed": 1, "pending": 0}
+    assert status["command"] == command  # the README block shows the command that ran the grid
     # rerun: the failed cell's folder moves to _attempts (its log kept) and it runs again
     jobs[-1].description["stages"][0]["argv"][-1] = "print('fixed')"
     jobs[-1].description["result_path"] = None
@@ -534,7 +537,8 @@ def test_report_verdicts_equal_hand_computed_paired_intervals(planned, tmp_path,
         write_result(cells[job_id].result_path, _record(cells[job_id], value))
     grid_plan.write_experiment_snapshot(spec, jobs)
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Project\n\nprose before\n{BEGIN}\nold numbers: ahead by miles\n{END}\nprose after\n")
+    begin, end = block_markers(spec.name)
+    readme.write_text(f"# Project\n\nprose before\n{begin}\nold numbers: ahead by miles\n{end}\nprose after\n")
 
     from ultradino_monai.experiments.__main__ import main
 
@@ -587,18 +591,50 @@ def test_report_verdicts_equal_hand_computed_paired_intervals(planned, tmp_path,
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("# Project\n\nprose before\n") and "prose after" in text
     assert "python -m ultradino_monai.experiments report" in text
-    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert text.count(begin) == 1 and text.count(end) == 1
     with Image.open(spec.results_dir / "report" / "paired_differences.png") as image:
         assert image.format == "PNG" and image.size[1] > 200
 
 
-def test_the_readme_results_block_is_the_generated_one():
-    """README.md holds one generated block (``report --readme`` replaces it) and no verdict word outside it."""
+def test_the_readme_results_blocks_are_the_generated_ones():
+    """README.md holds the demo and GPU blocks (``report --readme`` replaces them), no verdict word outside them."""
     text = (REPO / "README.md").read_text()
-    assert text.count(BEGIN) == 1 and text.count(END) == 1 and text.index(BEGIN) < text.index(END)
-    outside = text[: text.index(BEGIN)] + text[text.index(END) :]
+    markers = [(m.start(), m.group(0).split(":")[1].split()[0], m.group(1)) for m in re.finditer(BLOCK_PATTERN, text)]
+    names = [name for _, kind, name in markers if kind == "begin"]
+    assert sorted(names) == ["demo", "gpu"]
+    assert [kind for _, kind, _ in markers] == ["begin", "end"] * len(names)  # blocks do not nest or overlap
+    outside, position = [], 0
+    for (start, _, name), (stop, _, closing) in zip(markers[::2], markers[1::2]):
+        assert closing == name
+        outside.append(text[position:start])
+        position = stop
+    outside.append(text[position:])
     for word in ("within noise", "**ahead**", "**behind**"):
-        assert word not in outside
+        assert all(word not in part for part in outside)
+
+
+def test_the_block_shows_the_recorded_run_command_and_invents_no_options():
+    snapshot = {"spec_file": "/nowhere/exp.yaml", "document": {"results_dir": "/r"}}
+    outputs = {"records": 1, "cells": 2, "table1": "T", "budgets": "B", "verdicts": "V"}
+    recorded = ["python", "-m", "ultradino_monai.experiments", "run", "exp.yaml", "--gpus", "0,0", "--tasks", "a b"]
+    lines = results_snippet(snapshot, outputs, "/r", run_command=recorded).splitlines()
+    assert lines[1] == "python -m ultradino_monai.experiments run exp.yaml --gpus 0,0 --tasks 'a b'"
+    lines = results_snippet(snapshot, outputs, "/r").splitlines()
+    assert lines[1] == "python -m ultradino_monai.experiments run /nowhere/exp.yaml"
+    assert lines[2] == "python -m ultradino_monai.experiments report /r --readme README.md"
+
+
+def test_replacing_one_block_keeps_the_others(tmp_path):
+    readme = tmp_path / "README.md"
+    demo, gpu = block_markers("demo"), block_markers("gpu")
+    readme.write_text(f"intro\n{demo[0]}\nold demo\n{demo[1]}\nmiddle\n{gpu[0]}\nold gpu\n{gpu[1]}\nend\n")
+    replace_block(readme, "new gpu table\n", "gpu")
+    assert readme.read_text() == (
+        f"intro\n{demo[0]}\nold demo\n{demo[1]}\nmiddle\n{gpu[0]}\nnew gpu table\n{gpu[1]}\nend\n"
+    )
+    with pytest.raises(ValueError, match="needs exactly one"):
+        replace_block(readme, "x", "paper")
+    assert "new gpu table" in readme.read_text()
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,14 @@ def _run(args) -> int:
         for job in plan._select(jobs, args.tasks, args.backbones):
             print(f"{'done' if job.is_done() else 'todo'}  {job.job_id}")
         return 0
-    summary = runner.run_grid(spec, gpus=args.gpus, workers=args.workers, tasks=args.tasks, backbones=args.backbones)
+    summary = runner.run_grid(
+        spec,
+        gpus=args.gpus,
+        workers=args.workers,
+        tasks=args.tasks,
+        backbones=args.backbones,
+        command=["python", "-m", "ultradino_monai.experiments", *args.argv],
+    )
     cells = summary.cells
     done = sum(1 for job in cells if job.is_done())
     finished = [job for job in summary.finished if not job.startswith("_prepare/")]
@@ -152,7 +159,9 @@ def _status(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     setup_logging()
     try:
         return {"run": _run, "report": _report, "status": _status}[args.command](args)

@@ -18,7 +18,7 @@ aggregated by :mod:`ultradino_monai.evaluation.aggregate` (mean ± SEM, SEM = sa
 ``paired_differences.png``  the same as a forest plot: mean difference with its interval as error bar
 ``attention.png``       per-head CLS attention of two backbones on the same images (Fig. 4)
 ``report.md``           all of the above in one page
-``readme_results.md``   the README's results block (commands, Table 1, budgets, verdicts)
+``readme_results.md``   the README's results block of this experiment (commands, Table 1, budgets, verdicts)
 =====================  ======================================================================
 """
 
@@ -549,8 +549,10 @@ def render_report(
     lines += ["## All groups", "", "`groups.csv` (unscaled; n, mean, std, SEM per task and backbone)", ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))
     outputs["report_md"] = str(out_dir / "report.md")
-    snippet = results_snippet(snapshot, outputs, results_dir)
+    status_file = Path(results_dir) / "status.json"
+    run_command = json.loads(status_file.read_text()).get("command") if status_file.is_file() else None
+    snippet = results_snippet(snapshot, outputs, results_dir, run_command=run_command)
     outputs["readme_results"] = str(write_text_atomic(out_dir / "readme_results.md", snippet))
     if readme is not None:
-        outputs["readme"] = str(replace_block(readme, snippet))
+        outputs["readme"] = str(replace_block(readme, snippet, snapshot["name"]))
     return outputs

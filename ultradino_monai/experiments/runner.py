@@ -134,8 +134,10 @@ class GridRunner:
         environments: Sequence[Mapping[str, str]],
         poll_seconds: float = 0.5,
         kill_grace_seconds: float = 10.0,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
+        self.command = list(command) if command else None
         self.jobs = list(jobs)
         self.environments = [dict(env) for env in environments]
         self.poll_seconds = poll_seconds
@@ -173,6 +175,7 @@ class GridRunner:
                 "experiment": self.spec.name,
                 "updated": _now(),
                 "runner_pid": os.getpid(),
+                "command": self.command,
                 "counts": self._counts(),
                 "jobs": self.state,
             },
@@ -350,6 +353,7 @@ def run_grid(
     tasks: Sequence[str] | None = None,
     backbones: Sequence[str] | None = None,
     poll_seconds: float = 0.5,
+    command: Sequence[str] | None = None,
 ) -> GridSummary:
     """Prepare data and split files, plan the jobs, write ``experiment.json`` and run what is missing.
 
@@ -357,13 +361,14 @@ def run_grid(
         gpus: GPU ids, one worker each (``CUDA_VISIBLE_DEVICES``).
         workers: CPU workers when no GPUs are given (default 1).
         tasks, backbones: run only these (the snapshot still lists the whole grid).
+        command: the command line of this run, kept in ``status.json`` (the README block shows it).
     """
     prepare_datasets(spec)
     jobs = plan_jobs(spec)
     spec.results_dir.mkdir(parents=True, exist_ok=True)
     write_experiment_snapshot(spec, jobs)
     selected = _select(jobs, tasks, backbones)
-    runner = GridRunner(spec, selected, worker_environments(gpus, workers), poll_seconds=poll_seconds)
+    runner = GridRunner(spec, selected, worker_environments(gpus, workers), poll_seconds=poll_seconds, command=command)
     return runner.run()
 
 
@@ -409,4 +414,5 @@ def read_status(results_dir: str | os.PathLike) -> dict[str, Any]:
         "counts": counts,
         "cells": cells,
         "updated": status.get("updated"),
+        "command": status.get("command"),
     }
